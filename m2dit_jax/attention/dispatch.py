@@ -1,0 +1,72 @@
+"""``masked_attention``: mask 1 computed by a named backend.
+
+Backends register themselves in ``BACKENDS``: a callable
+``fn(q, k, v, layout, *, scale) -> out`` for q/k/v (B, L, H, Dh). Every backend computes the
+same function: softmax(q k^T * scale + mask1) v, with f32 softmax statistics.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import jax
+
+from m2dit_jax.layout import SceneLayout
+
+AttentionFn = Callable[..., jax.Array]
+BACKENDS: dict[str, AttentionFn] = {}
+
+
+def register_backend(name: str, fn: AttentionFn) -> None:
+    BACKENDS[name] = fn
+
+
+def _check_qkv(q, k, v, layout: SceneLayout) -> None:
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        if x.ndim != 4:
+            raise ValueError(
+                f"{name} must have shape (batch, seq_len, heads, head_dim), got {x.shape}"
+            )
+        if x.shape[1] != layout.seq_len:
+            raise ValueError(
+                f"{name} has sequence length {x.shape[1]} but the layout's seq_len is "
+                f"{layout.seq_len} ({layout})"
+            )
+    if not (q.shape[0] == k.shape[0] == v.shape[0]):
+        raise ValueError(f"q, k, v batch sizes differ: {q.shape[0]}, {k.shape[0]}, {v.shape[0]}")
+    if q.shape[2:] != k.shape[2:] or k.shape[2] != v.shape[2]:
+        raise ValueError(f"q/k/v heads or head_dim differ: {q.shape}, {k.shape}, {v.shape}")
+
+
+def masked_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    layout: SceneLayout,
+    *,
+    backend: str = "xla",
+    scale: float | None = None,
+    **backend_options,
+) -> jax.Array:
+    """Attention under mask 1 of ``layout``.
+
+    Args:
+      q, k, v: (B, L, H, Dh) with L == layout.seq_len.
+      layout: the scene layout that defines the mask.
+      backend: a name in ``BACKENDS`` ("xla" is the dense reference).
+      scale: logit scale, default 1/sqrt(Dh).
+      backend_options: passed to the backend (block sizes, mesh, ...).
+    Returns:
+      (B, L, H, Dh) in q's dtype.
+    """
+    _check_qkv(q, k, v, layout)
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown attention backend {backend!r}; available: {sorted(BACKENDS)}")
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+    return BACKENDS[backend](q, k, v, layout, scale=scale, **backend_options)
+
+
+# Importing a backend module registers it.
+from m2dit_jax.attention import reference  # noqa: E402,F401

@@ -1,0 +1,249 @@
+"""The Mask²DiT token layout and its two masks.
+
+A sample of S scenes is one sequence ``[T_1 .. T_S | V_1 .. V_S]``: every caption block first,
+then every scene's video tokens (frame, h, w order, w fastest). ``SceneLayout`` is the single
+source of truth for where each token lives; attention kernels, the model and the data pipeline
+all read positions from it.
+
+Mask 1 (attention):  allowed(q, k) = same_scene(q, k) OR (is_video(q) AND is_video(k)).
+Mask 2 (conditioning): a per-sample bool vector over scenes, True = generated (noisy),
+False = clean condition (t = 0). It acts on noise, timesteps and the loss, never on attention.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+# Above this many tokens a dense (L, L) mask is refused: use a kernel backend instead.
+DENSE_MASK_LIMIT = 16_384
+
+
+@dataclasses.dataclass(frozen=True)
+class SceneLayout:
+    """Token layout of one multi-scene sample.
+
+    Args:
+      num_scenes: S, the number of scenes (captions and clips).
+      text_len: real caption tokens per scene (CogVideoX: 226).
+      frames: latent frames per scene (after temporal patching).
+      grid_h: video tokens per frame along height (latent H / patch).
+      grid_w: video tokens per frame along width (latent W / patch).
+      text_pad_to: each caption block is padded up to a multiple of this (kernel block
+        alignment). Padding tokens are never attended to; a padding query attends only to its
+        own scene's real text so that no softmax row is empty.
+    """
+
+    num_scenes: int
+    text_len: int
+    frames: int
+    grid_h: int
+    grid_w: int
+    text_pad_to: int = 1
+
+    def __post_init__(self):
+        for name in ("num_scenes", "text_len", "frames", "grid_h", "grid_w", "text_pad_to"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise ValueError(f"SceneLayout.{name} must be an int, got {value!r}")
+            if value <= 0:
+                raise ValueError(f"SceneLayout.{name} must be positive, got {value}")
+
+    # ------------------------------------------------------------------ sizes
+    @property
+    def text_block(self) -> int:
+        """Tokens per caption block, padding included."""
+        return -(-self.text_len // self.text_pad_to) * self.text_pad_to
+
+    @property
+    def text_padding(self) -> int:
+        """Padding tokens at the end of each caption block."""
+        return self.text_block - self.text_len
+
+    @property
+    def tokens_per_frame(self) -> int:
+        return self.grid_h * self.grid_w
+
+    @property
+    def video_len(self) -> int:
+        """Video tokens per scene."""
+        return self.frames * self.grid_h * self.grid_w
+
+    @property
+    def text_total(self) -> int:
+        """All caption tokens (padding included); video starts at this index."""
+        return self.num_scenes * self.text_block
+
+    @property
+    def video_total(self) -> int:
+        return self.num_scenes * self.video_len
+
+    @property
+    def seq_len(self) -> int:
+        return self.text_total + self.video_total
+
+    # ------------------------------------------------------------------ slices
+    def _check_scene(self, i: int) -> None:
+        if not 0 <= i < self.num_scenes:
+            raise ValueError(f"scene index {i} out of range for num_scenes={self.num_scenes}")
+
+    def text_slice(self, i: int) -> slice:
+        """Real caption tokens of scene i (padding excluded)."""
+        self._check_scene(i)
+        start = i * self.text_block
+        return slice(start, start + self.text_len)
+
+    def text_block_slice(self, i: int) -> slice:
+        """Caption block of scene i including its padding."""
+        self._check_scene(i)
+        start = i * self.text_block
+        return slice(start, start + self.text_block)
+
+    def video_slice(self, i: int) -> slice:
+        """Video tokens of scene i."""
+        self._check_scene(i)
+        start = self.text_total + i * self.video_len
+        return slice(start, start + self.video_len)
+
+    # ------------------------------------------------------------------ per-token arrays
+    def scene_ids(self) -> np.ndarray:
+        """(seq_len,) int32 scene index of every token."""
+        return self.token_scene(np.arange(self.seq_len)).astype(np.int32)
+
+    def is_video(self) -> np.ndarray:
+        """(seq_len,) bool, True for video tokens."""
+        return self.token_is_video(np.arange(self.seq_len))
+
+    def is_padding(self) -> np.ndarray:
+        """(seq_len,) bool, True for caption padding tokens."""
+        return self.token_is_padding(np.arange(self.seq_len))
+
+    def frame_ids(self) -> np.ndarray:
+        """(seq_len,) int32 global latent-frame index (0..S*F-1) of video tokens, -1 for text.
+
+        Temporal positions run continuously across scenes (no reset at a cut).
+        """
+        idx = np.arange(self.seq_len)
+        frame = (idx - self.text_total) // self.tokens_per_frame
+        return np.where(self.token_is_video(idx), frame, -1).astype(np.int32)
+
+    # ------------------------------------------------------------------ index predicates
+    # Written with operators only (no np.where) so they work on NumPy arrays, jnp arrays and
+    # inside Pallas kernels alike: the splash backend evaluates `allowed` on token indices.
+    def token_is_video(self, idx: Any) -> Any:
+        return idx >= self.text_total
+
+    def token_scene(self, idx: Any) -> Any:
+        video = self.token_is_video(idx)
+        video_scene = (idx - self.text_total) // self.video_len
+        text_scene = idx // self.text_block
+        return video * video_scene + (1 - video) * text_scene
+
+    def token_is_padding(self, idx: Any) -> Any:
+        return (~self.token_is_video(idx)) & ((idx % self.text_block) >= self.text_len)
+
+    def allowed(self, q_idx: Any, k_idx: Any) -> Any:
+        """Mask 1 evaluated on (broadcastable) query/key token indices; True = may attend."""
+        q_video = self.token_is_video(q_idx)
+        k_video = self.token_is_video(k_idx)
+        same_scene = self.token_scene(q_idx) == self.token_scene(k_idx)
+        q_pad = self.token_is_padding(q_idx)
+        k_pad = self.token_is_padding(k_idx)
+        return (same_scene | (q_video & k_video)) & ~k_pad & ~(q_pad & k_video)
+
+    def dense_mask(self) -> np.ndarray:
+        """(seq_len, seq_len) bool mask 1, True = query row may attend to key column.
+
+        Only for tests and small sequences: refuses more than DENSE_MASK_LIMIT tokens.
+        """
+        if self.seq_len > DENSE_MASK_LIMIT:
+            raise ValueError(
+                f"dense_mask() refuses seq_len={self.seq_len} > {DENSE_MASK_LIMIT}: an L x L mask "
+                "at this size is too large. Use masked_attention(..., backend='split' or "
+                "'splash'), which evaluate mask 1 without materialising it."
+            )
+        idx = np.arange(self.seq_len)
+        return np.asarray(self.allowed(idx[:, None], idx[None, :]), dtype=bool)
+
+    def blocked_fraction(self) -> float:
+        """Fraction of (query, key) pairs that mask 1 blocks, computed without an L x L array."""
+        s, t, v = self.num_scenes, self.text_block, self.video_len
+        real_t = self.text_len
+        # Allowed pairs counted per query kind; padding keys are never allowed.
+        text_rows = s * t * (real_t + v)  # own real text + own video (pad rows: own text only)
+        text_rows -= s * self.text_padding * v
+        video_rows = s * v * (real_t + s * v)
+        return 1.0 - (text_rows + video_rows) / float(self.seq_len) ** 2
+
+    @classmethod
+    def from_latents(
+        cls,
+        num_scenes: int,
+        text_len: int,
+        latent_frames: int,
+        latent_h: int,
+        latent_w: int,
+        patch_size: int = 2,
+        patch_t: int = 1,
+        text_pad_to: int = 1,
+    ) -> SceneLayout:
+        """Layout for per-scene latents of shape (latent_frames, latent_h, latent_w, C)."""
+        for name, size, p in (
+            ("latent_frames", latent_frames, patch_t),
+            ("latent_h", latent_h, patch_size),
+            ("latent_w", latent_w, patch_size),
+        ):
+            if size <= 0 or size % p:
+                raise ValueError(f"{name}={size} must be a positive multiple of the patch {p}")
+        return cls(
+            num_scenes,
+            text_len,
+            latent_frames // patch_t,
+            latent_h // patch_size,
+            latent_w // patch_size,
+            text_pad_to,
+        )
+
+
+# ---------------------------------------------------------------------- mask 2
+def check_generate_mask(mask: Any, num_scenes: int) -> np.ndarray:
+    """Validates mask 2 and returns it as bool numpy of shape (S,) or (B, S).
+
+    True = the scene is generated (noisy, trained on), False = a clean condition at t = 0.
+    Every sample needs at least one generated scene.
+    """
+    arr = np.asarray(mask)
+    if arr.dtype != bool:
+        if not np.isin(arr, (0, 1)).all():
+            raise ValueError(f"generate mask must be boolean or 0/1, got values {np.unique(arr)}")
+        arr = arr.astype(bool)
+    if arr.ndim not in (1, 2) or arr.shape[-1] != num_scenes:
+        raise ValueError(
+            f"generate mask must have shape (num_scenes,) or (batch, num_scenes) with "
+            f"num_scenes={num_scenes}, got shape {arr.shape}"
+        )
+    if not arr.any(axis=-1).all():
+        raise ValueError("generate mask has a sample with no generated scene (all False)")
+    return arr
+
+
+def extension_mask(num_scenes: int, num_conditions: int) -> np.ndarray:
+    """Mask 2 for scene extension: the first ``num_conditions`` scenes are clean conditions."""
+    if not 0 <= num_conditions < num_scenes:
+        raise ValueError(f"num_conditions={num_conditions} must be in [0, num_scenes={num_scenes})")
+    return np.arange(num_scenes) >= num_conditions
+
+
+def scene_timesteps(timesteps: Any, generate_mask: Any) -> Any:
+    """Per-scene timesteps (B, S): the sample's t for generated scenes, 0 for conditions.
+
+    Args:
+      timesteps: (B,) one timestep per sample (jnp or numpy).
+      generate_mask: (B, S) or (S,) bool mask 2.
+    """
+    gen = generate_mask
+    if gen.ndim == 1:
+        gen = gen[None, :]
+    return timesteps[:, None] * gen.astype(timesteps.dtype)
