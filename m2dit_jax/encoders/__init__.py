@@ -1,0 +1,1 @@
+"""Frozen encoders: text (captions -> embeddings) and video (pixels <-> latents)."""
