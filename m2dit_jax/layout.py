@@ -20,6 +20,11 @@ import numpy as np
 # Above this many tokens a dense (L, L) mask is refused: use a kernel backend instead.
 DENSE_MASK_LIMIT = 16_384
 
+# Attention patterns a layout can describe. "mask2dit" is mask 1 (the method); the other two
+# exist for the paper's ablation: "full" = no mask (every caption and scene sees everything),
+# "independent" = each scene sees only its own caption and its own video.
+MASK_MODES = ("mask2dit", "full", "independent")
+
 
 @dataclasses.dataclass(frozen=True)
 class SceneLayout:
@@ -34,6 +39,7 @@ class SceneLayout:
       text_pad_to: each caption block is padded up to a multiple of this (kernel block
         alignment). Padding tokens are never attended to; a padding query attends only to its
         own scene's real text so that no softmax row is empty.
+      mask_mode: "mask2dit" (mask 1, the default) or, for ablations, "full" / "independent".
     """
 
     num_scenes: int
@@ -42,8 +48,13 @@ class SceneLayout:
     grid_h: int
     grid_w: int
     text_pad_to: int = 1
+    mask_mode: str = "mask2dit"
 
     def __post_init__(self):
+        if self.mask_mode not in MASK_MODES:
+            raise ValueError(
+                f"SceneLayout.mask_mode must be one of {MASK_MODES}, got {self.mask_mode!r}"
+            )
         for name in ("num_scenes", "text_len", "frames", "grid_h", "grid_w", "text_pad_to"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
@@ -145,13 +156,22 @@ class SceneLayout:
         return (~self.token_is_video(idx)) & ((idx % self.text_block) >= self.text_len)
 
     def allowed(self, q_idx: Any, k_idx: Any) -> Any:
-        """Mask 1 evaluated on (broadcastable) query/key token indices; True = may attend."""
+        """Mask 1 evaluated on (broadcastable) query/key token indices; True = may attend.
+
+        Follows ``mask_mode`` ("full" / "independent" only for ablations).
+        """
         q_video = self.token_is_video(q_idx)
         k_video = self.token_is_video(k_idx)
         same_scene = self.token_scene(q_idx) == self.token_scene(k_idx)
         q_pad = self.token_is_padding(q_idx)
         k_pad = self.token_is_padding(k_idx)
-        return (same_scene | (q_video & k_video)) & ~k_pad & ~(q_pad & k_video)
+        if self.mask_mode == "full":
+            rule = same_scene | ~q_pad
+        elif self.mask_mode == "independent":
+            rule = same_scene
+        else:
+            rule = same_scene | (q_video & k_video)
+        return rule & ~k_pad & ~(q_pad & k_video)
 
     def dense_mask(self) -> np.ndarray:
         """(seq_len, seq_len) bool mask 1, True = query row may attend to key column.
@@ -169,6 +189,8 @@ class SceneLayout:
 
     def blocked_fraction(self) -> float:
         """Fraction of (query, key) pairs that mask 1 blocks, computed without an L x L array."""
+        if self.mask_mode != "mask2dit":
+            raise ValueError("blocked_fraction() is defined for mask_mode='mask2dit' only")
         s, t, v = self.num_scenes, self.text_block, self.video_len
         real_t = self.text_len
         # Allowed pairs counted per query kind; padding keys are never allowed.
@@ -188,6 +210,7 @@ class SceneLayout:
         patch_size: int = 2,
         patch_t: int = 1,
         text_pad_to: int = 1,
+        mask_mode: str = "mask2dit",
     ) -> SceneLayout:
         """Layout for per-scene latents of shape (latent_frames, latent_h, latent_w, C)."""
         for name, size, p in (
@@ -204,6 +227,7 @@ class SceneLayout:
             latent_h // patch_size,
             latent_w // patch_size,
             text_pad_to,
+            mask_mode,
         )
 
 

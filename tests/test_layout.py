@@ -115,3 +115,23 @@ def test_generate_mask_validation():
     np.testing.assert_array_equal(
         scene_timesteps(t, np.array([[False, True], [True, True]])), [[0, 500], [7, 7]]
     )
+
+
+def test_ablation_mask_modes():
+    base = dict(num_scenes=2, text_len=3, frames=1, grid_h=1, grid_w=2, text_pad_to=4)
+    full = SceneLayout(**base, mask_mode="full").dense_mask()
+    indep = SceneLayout(**base, mask_mode="independent").dense_mask()
+    mask1 = SceneLayout(**base).dense_mask()
+    layout = SceneLayout(**base)
+    pad, video = layout.is_padding(), layout.is_video()
+    real = ~pad
+    assert full[np.ix_(real, real)].all() and not full[:, pad].any()
+    ids = layout.scene_ids()
+    same = ids[:, None] == ids[None, :]
+    np.testing.assert_array_equal(indep[np.ix_(real, real)], same[np.ix_(real, real)])
+    # mask 1 sits between the two: independent <= mask1 <= full
+    assert (indep <= mask1).all() and (mask1 <= full).all()
+    assert full.any(1).all() and indep.any(1).all()
+    assert not (full[pad][:, video]).any()
+    with pytest.raises(ValueError, match="mask_mode"):
+        SceneLayout(**base, mask_mode="causal")
