@@ -9,7 +9,9 @@ export XLA_PYTHON_CLIENT_PREALLOCATE := false
 
 $(STAMP): setup.py constraints/torch-cpu.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -c constraints/torch-cpu.txt -e ".[test,parity]"
+	@# pip's mirror configuration prints one harmless warning per package; keep the log readable.
+	@bash -o pipefail -c '$(PY) -m pip install -q -c constraints/torch-cpu.txt -e ".[test,parity]" 2>&1 | { grep -v "^WARNING: Location" || true; }'
+	@echo "installed pinned dependencies into $(VENV)"
 	@rm -f $(VENV)/.installed-* && touch $@
 
 venv: $(STAMP)
@@ -17,13 +19,15 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(PY) -m launch.demo --workdir runs/demo
 
+SRC := $(wildcard m2dit_jax launch configs tests benchmarks)
+
 lint: $(STAMP)
-	$(VENV)/bin/ruff check m2dit_jax launch configs tests benchmarks
-	$(VENV)/bin/ruff format --check m2dit_jax launch configs tests benchmarks
+	$(VENV)/bin/ruff check $(SRC)
+	$(VENV)/bin/ruff format --check $(SRC)
 
 format: $(STAMP)
-	$(VENV)/bin/ruff format m2dit_jax launch configs tests benchmarks
-	$(VENV)/bin/ruff check --fix m2dit_jax launch configs tests benchmarks
+	$(VENV)/bin/ruff format $(SRC)
+	$(VENV)/bin/ruff check --fix $(SRC)
 
 test: lint
 	$(PY) -m pytest -q tests
