@@ -1,0 +1,1 @@
+"""Inference: sampling scripts, exported model bundles and the sampling pipeline."""
