@@ -1,0 +1,188 @@
+"""The Mask²DiT training objective: v-prediction MSE with optional conditional scenes (mask 2).
+
+A batch holds S-scene samples, latents (B, S*F, H, W, C) with scenes concatenated along the
+frame axis and captions (B, S*T, D) concatenated in the same scene order. One timestep t is
+shared by all scenes of a sample. A *conditional* sample (mask 2) keeps its condition scenes
+exactly clean and feeds them t = 0; only its target scene is noised and scored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from m2dit_jax.diffusion.schedule import CogVideoXSchedule
+from m2dit_jax.layout import check_generate_mask
+
+TARGET_SCENES = ("last", "random")
+
+Denoiser = Callable[..., jax.Array]
+
+
+def split_scenes(latents: jax.Array, num_scenes: int) -> jax.Array:
+    """(B, S*F, H, W, C) -> (B, S, F, H, W, C)."""
+    if latents.ndim != 5:
+        raise ValueError(f"latents must be (B, S*F, H, W, C), got shape {latents.shape}")
+    b, sf = latents.shape[:2]
+    if num_scenes < 1 or sf % num_scenes:
+        raise ValueError(
+            f"latents frame axis {sf} is not divisible by num_scenes={num_scenes}: "
+            "scenes must be concatenated along axis 1 with equal frame counts"
+        )
+    return latents.reshape(b, num_scenes, sf // num_scenes, *latents.shape[2:])
+
+
+def merge_scenes(latents: jax.Array) -> jax.Array:
+    """(B, S, F, H, W, C) -> (B, S*F, H, W, C)."""
+    b, s, f = latents.shape[:3]
+    return latents.reshape(b, s * f, *latents.shape[3:])
+
+
+def sample_generate_mask(
+    rng: jax.Array,
+    batch_size: int,
+    num_scenes: int,
+    *,
+    p_cond: float,
+    target_scene: str = "last",
+) -> jax.Array:
+    """(B, S) bool mask 2, True = generated. Each sample is conditional with prob ``p_cond``.
+
+    A conditional sample generates one target scene — the last (release), or for
+    ``target_scene="random"`` one drawn uniformly among scenes 2..S (an extension of the
+    release) — and keeps the others as clean conditions. Other samples generate every scene.
+    """
+    if target_scene not in TARGET_SCENES:
+        raise ValueError(f"target_scene must be one of {TARGET_SCENES}, got {target_scene!r}")
+    if isinstance(p_cond, (int, float)) and not 0.0 <= p_cond <= 1.0:
+        raise ValueError(f"p_cond must be in [0, 1], got {p_cond}")
+    if isinstance(p_cond, (int, float)) and p_cond > 0 and num_scenes < 2:
+        raise ValueError(f"p_cond={p_cond} needs num_scenes >= 2 (a condition and a target)")
+    k_cond, k_target = jax.random.split(rng)
+    is_cond = jax.random.uniform(k_cond, (batch_size,)) < p_cond
+    if target_scene == "last" or num_scenes < 2:
+        target = jnp.full((batch_size,), num_scenes - 1, jnp.int32)
+    else:
+        target = jax.random.randint(k_target, (batch_size,), 1, num_scenes)
+    only_target = jnp.arange(num_scenes)[None, :] == target[:, None]
+    return jnp.where(is_cond[:, None], only_target, True)
+
+
+def diffusion_loss(
+    model: Denoiser,
+    latents: jax.Array,
+    text_embeds: jax.Array,
+    noise: jax.Array,
+    timesteps: jax.Array,
+    generate_mask: jax.Array,
+    *,
+    schedule: CogVideoXSchedule,
+    num_scenes: int,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Deterministic core of ``loss_fn`` (all randomness passed in).
+
+    Args:
+      model: ``model(latents, text_embeds, timesteps (B, S), *, num_scenes) -> v``.
+      latents: (B, S*F, H, W, C) clean latents x0.
+      text_embeds: (B, S*T, D) per-scene captions, concatenated in scene order.
+      noise: same shape as ``latents``.
+      timesteps: (B,) int, the sample's t (shared by its generated scenes).
+      generate_mask: (B, S) bool mask 2; False scenes stay clean and get t = 0.
+
+    Returns:
+      (loss, metrics): loss is the batch mean of each sample's MSE over its generated scenes;
+      metrics has ``loss``, ``loss_per_scene`` (S,) (mean over samples generating that scene,
+      0 where none does), ``num_cond`` (conditional samples) and ``t_mean``.
+    """
+    x0 = split_scenes(latents, num_scenes)
+    eps = split_scenes(noise, num_scenes)
+    b = x0.shape[0]
+    gen = jnp.asarray(generate_mask, bool)
+    if gen.shape != (b, num_scenes):
+        raise ValueError(f"generate mask must be (B, S)=({b}, {num_scenes}), got {gen.shape}")
+    t = jnp.asarray(timesteps, jnp.int32)
+    if t.shape != (b,):
+        raise ValueError(f"timesteps must be (B,)=({b},), got {t.shape}")
+
+    noisy = schedule.add_noise(x0, eps, t)
+    gen_b = gen.reshape(gen.shape + (1,) * (x0.ndim - 2))
+    # Conditions enter exactly clean (not add_noise at t=0: abar_0 < 1).
+    model_in = jnp.where(gen_b, noisy, x0)
+    target = schedule.velocity(x0, eps, t)
+    scene_t = t[:, None] * gen.astype(jnp.int32)
+
+    pred = model(merge_scenes(model_in), text_embeds, scene_t, num_scenes=num_scenes)
+    if pred.shape != latents.shape:
+        raise ValueError(
+            f"model output shape {pred.shape} != latents shape {latents.shape}: "
+            "the v-prediction must have the latent channel count"
+        )
+    pred = split_scenes(pred, num_scenes).astype(jnp.float32)
+    err = jnp.mean(jnp.square(pred - target.astype(jnp.float32)), axis=(2, 3, 4, 5))  # (B, S)
+
+    w = gen.astype(jnp.float32)
+    per_sample = jnp.sum(err * w, axis=1) / jnp.maximum(jnp.sum(w, axis=1), 1.0)
+    loss = jnp.mean(per_sample)
+    per_scene = jnp.sum(err * w, axis=0) / jnp.maximum(jnp.sum(w, axis=0), 1.0)
+    metrics = {
+        "loss": loss,
+        "loss_per_scene": per_scene,
+        "num_cond": jnp.sum(~jnp.all(gen, axis=1)).astype(jnp.int32),
+        "t_mean": jnp.mean(t.astype(jnp.float32)),
+    }
+    return loss, metrics
+
+
+def loss_fn(
+    model: Denoiser,
+    batch: Mapping[str, Any],
+    rng: jax.Array,
+    *,
+    schedule: CogVideoXSchedule,
+    num_scenes: int,
+    p_cond: float = 0.0,
+    target_scene: str = "last",
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Mask²DiT v-prediction loss of one batch; jit- and ``nnx.value_and_grad``-friendly.
+
+    Args:
+      model: the denoiser (``Mask2DiT`` or any callable with its signature).
+      batch: ``latents`` (B, S*F, H, W, C), ``text_embeds`` (B, S*T, D); optional ``cond``
+        (B, S) bool mask 2 (True = generated) used as is, else sampled with ``p_cond``.
+      rng: a PRNG key; draws t ~ U{0..T-1} per sample, the noise and (if needed) mask 2.
+      schedule: the CogVideoX schedule.
+      num_scenes: S.
+      p_cond: probability that a sample is conditional (release stage 2: 0.5).
+      target_scene: "last" (release) or "random" (uniform among scenes 2..S).
+
+    Returns:
+      (loss scalar, metrics) — see ``diffusion_loss``.
+    """
+    for key in ("latents", "text_embeds"):
+        if key not in batch:
+            raise ValueError(f"batch is missing {key!r}; has {sorted(batch)}")
+    latents = batch["latents"]
+    b = latents.shape[0]
+    k_t, k_noise, k_mask = jax.random.split(rng, 3)
+    t = jax.random.randint(k_t, (b,), 0, schedule.num_train_timesteps, dtype=jnp.int32)
+    noise = jax.random.normal(k_noise, latents.shape, latents.dtype)
+    if batch.get("cond") is not None:
+        gen = batch["cond"]
+        if not isinstance(gen, jax.core.Tracer):
+            check_generate_mask(gen, num_scenes)  # clear errors when the mask is concrete
+        gen = jnp.asarray(gen).astype(bool)
+    else:
+        gen = sample_generate_mask(k_mask, b, num_scenes, p_cond=p_cond, target_scene=target_scene)
+    return diffusion_loss(
+        model,
+        latents,
+        batch["text_embeds"],
+        noise,
+        t,
+        gen,
+        schedule=schedule,
+        num_scenes=num_scenes,
+    )
