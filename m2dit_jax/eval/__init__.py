@@ -1,0 +1,1 @@
+"""Evaluation: analytic detectors for the synthetic task and video metrics."""
