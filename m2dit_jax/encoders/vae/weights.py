@@ -1,0 +1,48 @@
+"""Load a diffusers ``vae/`` folder (config.json + safetensors) into ``CogVideoXVAE``."""
+
+from __future__ import annotations
+
+import os
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from m2dit_jax.encoders.vae.config import VAEConfig
+from m2dit_jax.encoders.vae.model import CogVideoXVAE
+from m2dit_jax.encoders.weights_io import assign_torch_state, load_safetensors, read_config
+
+
+def load_vae_state(vae: CogVideoXVAE, tensors: dict[str, np.ndarray], param_dtype=jnp.float32):
+    """Copy a diffusers ``AutoencoderKLCogVideoX`` state dict into ``vae`` (in place).
+
+    Every tensor must map onto a parameter and vice versa; errors name the keys."""
+    assign_torch_state(vae, tensors, what="CogVideoX VAE", param_dtype=param_dtype)
+
+
+def load_diffusers_vae(
+    path: str | os.PathLike, *, dtype=jnp.float32, param_dtype=jnp.float32
+) -> CogVideoXVAE:
+    """A diffusers ``vae/`` folder (or a pipeline folder holding one) -> ``CogVideoXVAE``.
+
+    ``dtype`` is the compute dtype (bf16 halves memory on accelerators; parity is f32).
+    """
+    path = os.fspath(path)
+    if os.path.isdir(os.path.join(path, "vae")) and not os.path.isfile(
+        os.path.join(path, "config.json")
+    ):
+        path = os.path.join(path, "vae")
+    config = VAEConfig.from_diffusers(read_config(path))
+    vae = nnx.eval_shape(
+        lambda: CogVideoXVAE(config, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype)
+    )
+    _materialize(vae, param_dtype)
+    load_vae_state(vae, load_safetensors(path), param_dtype)
+    return vae
+
+
+def _materialize(module: nnx.Module, param_dtype) -> None:
+    """Replace abstract (eval_shape) params by zeros so loading never runs a random init."""
+    for _, var in nnx.graph.iter_graph(module):
+        if isinstance(var, nnx.Param):
+            var.set_value(jnp.zeros(var.shape, param_dtype))
