@@ -7,9 +7,13 @@ from m2dit_jax.diffusion.objective import (
     sample_generate_mask,
     split_scenes,
 )
+from m2dit_jax.diffusion.samplers import SAMPLERS, ddim_sample, dpm_sample
 from m2dit_jax.diffusion.schedule import CogVideoXSchedule
 
 __all__ = [
+    "SAMPLERS",
+    "ddim_sample",
+    "dpm_sample",
     "CogVideoXSchedule",
     "diffusion_loss",
     "loss_fn",
