@@ -1,0 +1,138 @@
+"""Video-token positions: the 2B fixed 3D sin-cos table and the 5B 3D RoPE tables.
+
+Both are built on the host in NumPy (they depend only on static shapes) following diffusers'
+arithmetic step by step, so that one scene reproduces ``CogVideoXTransformer3DModel`` to
+round-off. Video tokens are ordered (frame, h, w) with w fastest; temporal positions run
+continuously over all S*F frames of a multi-scene sample (no reset at a scene cut).
+
+Multi-scene sin-cos choice: the table is *recomputed* for S*F frames (temporal positions
+0 .. S*F-1, exactly what diffusers does when handed S*F frames), not stretched by trilinear
+interpolation as in the Mask²DiT release; see docs/sections/model.md.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def _sincos_1d(dim: int, positions: np.ndarray) -> np.ndarray:
+    """(M,) positions -> (M, dim) float64 [sin(pos w) | cos(pos w)], w_i = 10000^(-2i/dim)."""
+    omega = np.arange(dim // 2, dtype=np.float64) / (dim / 2.0)
+    omega = 1.0 / 10000**omega
+    angles = np.outer(positions.astype(np.float64), omega)
+    return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+
+
+@functools.lru_cache(maxsize=32)
+def sincos_table(
+    width: int,
+    frames: int,
+    grid_h: int,
+    grid_w: int,
+    spatial_scale: float = 1.875,
+    temporal_scale: float = 1.0,
+) -> np.ndarray:
+    """(frames*grid_h*grid_w, width) float32 additive table for video tokens.
+
+    Per token: [temporal width/4 | spatial 3*width/4], spatial = [table over the w
+    coordinate | table over the h coordinate]. Positions are float32 aranges divided by the
+    interpolation scales (as diffusers does), tables in float64, the result cast to float32.
+    """
+    if width % 16:
+        raise ValueError(f"sin-cos table width must be divisible by 16, got {width}")
+    spatial, temporal = 3 * width // 4, width // 4
+    pos_h = np.arange(grid_h, dtype=np.float32) / np.float32(spatial_scale)
+    pos_w = np.arange(grid_w, dtype=np.float32) / np.float32(spatial_scale)
+    pos_t = np.arange(frames, dtype=np.float32) / np.float32(temporal_scale)
+    hh, ww = np.meshgrid(pos_h, pos_w, indexing="ij")  # (gh, gw), w fastest when flattened
+    emb_w = _sincos_1d(spatial // 2, ww.reshape(-1))
+    emb_h = _sincos_1d(spatial // 2, hh.reshape(-1))
+    emb_spatial = np.concatenate([emb_w, emb_h], axis=1)  # (gh*gw, spatial)
+    emb_t = _sincos_1d(temporal, pos_t)  # (F, temporal)
+    n = grid_h * grid_w
+    table = np.concatenate(
+        [np.repeat(emb_t[:, None, :], n, axis=1), np.repeat(emb_spatial[None], frames, axis=0)],
+        axis=-1,
+    )
+    return table.reshape(frames * n, width).astype(np.float32)
+
+
+def _torch_linspace_f32(start: float, end: float, steps: int) -> np.ndarray:
+    """float32 linspace computed the way torch does on CPU (symmetric from both ends)."""
+    start32, end32 = np.float32(start), np.float32(end)
+    if steps == 1:
+        return np.array([start32], dtype=np.float32)
+    step = (end32 - start32) / np.float32(steps - 1)
+    idx = np.arange(steps)
+    front = start32 + step * idx.astype(np.float32)
+    back = end32 - step * (steps - 1 - idx).astype(np.float32)
+    return np.where(idx < steps // 2, front, back).astype(np.float32)
+
+
+def crop_region(grid_h: int, grid_w: int, base_h: int, base_w: int):
+    """diffusers' resize-crop region of a (grid_h, grid_w) grid inside the (base_h, base_w) one.
+
+    Returns ((top, left), (bottom, right)).
+    """
+    ratio = grid_h / grid_w
+    if ratio > base_h / base_w:
+        resize_h, resize_w = base_h, int(round(base_h / grid_h * grid_w))
+    else:
+        resize_w, resize_h = base_w, int(round(base_w / grid_w * grid_h))
+    top = int(round((base_h - resize_h) / 2.0))
+    left = int(round((base_w - resize_w) / 2.0))
+    return (top, left), (top + resize_h, left + resize_w)
+
+
+def _rope_1d(dim: int, positions: np.ndarray, theta: float = 10000.0):
+    """(M,) positions -> cos, sin (M, dim) float32, each frequency repeated for adjacent pairs."""
+    freqs = 1.0 / (np.float32(theta) ** (np.arange(0, dim, 2, dtype=np.float32) / np.float32(dim)))
+    angles = np.outer(positions.astype(np.float32), freqs.astype(np.float32))
+    return np.repeat(np.cos(angles), 2, axis=1), np.repeat(np.sin(angles), 2, axis=1)
+
+
+@functools.lru_cache(maxsize=32)
+def rope_tables(
+    head_dim: int, frames: int, grid_h: int, grid_w: int, base_h: int, base_w: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """cos, sin (frames*grid_h*grid_w, head_dim) float32 for 3D RoPE (CogVideoX 1.0).
+
+    head_dim splits [t: hd/4 | h: 3hd/8 | w: 3hd/8]. Spatial positions are diffusers' crop
+    linspace: integers when the grid equals the base (sample) grid, fractional otherwise.
+    ``base_h``/``base_w`` are the sample grid in tokens (sample_height / patch_size, ...).
+    """
+    if head_dim % 8:
+        raise ValueError(f"RoPE head_dim must be divisible by 8, got {head_dim}")
+    dim_t, dim_s = head_dim // 4, head_dim // 8 * 3
+    (top, left), (bottom, right) = crop_region(grid_h, grid_w, base_h, base_w)
+    pos_h = _torch_linspace_f32(top, bottom * (grid_h - 1) / grid_h, grid_h)
+    pos_w = _torch_linspace_f32(left, right * (grid_w - 1) / grid_w, grid_w)
+    pos_t = _torch_linspace_f32(0, frames * (frames - 1) / frames, frames)
+    parts = []
+    for dim, pos, axis in ((dim_t, pos_t, 0), (dim_s, pos_h, 1), (dim_s, pos_w, 2)):
+        cos, sin = _rope_1d(dim, pos)
+        shape = [1, 1, 1, dim]
+        shape[axis] = pos.shape[0]
+        parts.append((cos.reshape(shape), sin.reshape(shape)))
+    full = (frames, grid_h, grid_w)
+    cos = np.concatenate([np.broadcast_to(c, full + c.shape[-1:]) for c, _ in parts], axis=-1)
+    sin = np.concatenate([np.broadcast_to(s, full + s.shape[-1:]) for _, s in parts], axis=-1)
+    n = frames * grid_h * grid_w
+    return cos.reshape(n, head_dim), sin.reshape(n, head_dim)
+
+
+def apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotates adjacent feature pairs: out = x cos + rot(x) sin, rot(x)[2i] = -x[2i+1].
+
+    x: (B, L, H, Dh); cos/sin: (L, Dh) float32 (identity rows, cos=1 sin=0, leave tokens
+    unchanged). Computed in float32, returned in x's dtype.
+    """
+    xf = x.astype(jnp.float32)
+    pairs = xf.reshape(*xf.shape[:-1], -1, 2)
+    rotated = jnp.stack([-pairs[..., 1], pairs[..., 0]], axis=-1).reshape(xf.shape)
+    out = xf * cos[None, :, None, :] + rotated * sin[None, :, None, :]
+    return out.astype(x.dtype)
