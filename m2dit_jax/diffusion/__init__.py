@@ -1,5 +1,6 @@
 """Diffusion: the CogVideoX schedule, the Mask²DiT objective, samplers and generation."""
 
+from m2dit_jax.diffusion.generation import extend, extend_chain, generate
 from m2dit_jax.diffusion.objective import (
     diffusion_loss,
     loss_fn,
@@ -14,6 +15,9 @@ __all__ = [
     "SAMPLERS",
     "ddim_sample",
     "dpm_sample",
+    "extend",
+    "extend_chain",
+    "generate",
     "CogVideoXSchedule",
     "diffusion_loss",
     "loss_fn",

@@ -1,0 +1,374 @@
+"""Multi-scene generation (mask 1) and autoregressive scene extension (mask 2).
+
+Text layout everywhere: per-scene caption embeddings concatenated in scene order,
+``text_embeds[:, i*T:(i+1)*T]`` is scene i's caption (T tokens, as the model's ``text_len``).
+Latent layout: scenes concatenated along the frame axis, (B, S*F, H, W, C).
+
+The whole sampling loop (noise draw, classifier-free guidance batched into one model call,
+every sampler step, mask-2 resets) is one ``jax.jit`` computation, compiled once per model,
+shape and sampler setting and reused across calls.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from m2dit_jax.diffusion.samplers import SAMPLERS, ddim_sample, dpm_sample
+from m2dit_jax.diffusion.schedule import CogVideoXSchedule
+from m2dit_jax.layout import extension_mask
+from m2dit_jax.sharding import constrain, named_sharding
+
+_BATCH5 = ("batch", None, None, None, None)
+_BATCH3 = ("batch", None, None)
+
+# model -> {static settings -> jitted sampling function}; entries die with the model.
+_JIT_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _apply_and_state(model: Any) -> tuple[Callable[..., jax.Array], Any]:
+    """(apply(state, latents, text, t, num_scenes=S), state) for an NNX module or a callable."""
+    if isinstance(model, nnx.Module):
+        graphdef, state = nnx.split(model)
+
+        def apply(st, *args, **kwargs):
+            return nnx.merge(graphdef, st)(*args, **kwargs)
+
+        return apply, state
+    if not callable(model):
+        raise ValueError(f"model must be an nnx.Module or a callable, got {type(model)}")
+    return (lambda _st, *args, **kwargs: model(*args, **kwargs)), None
+
+
+def _sampling_fn(model: Any, apply: Callable, static: tuple) -> Callable:
+    per_model = _JIT_CACHE.setdefault(model, {})
+    if static not in per_model:
+        sampler, num_steps, num_scenes, scene_shape, use_cfg, generate_mask = static
+
+        def run(state, schedule, text, negative, guidance, rng, condition_latents):
+            batch = text.shape[0]
+            k_noise, k_sampler = jax.random.split(rng)
+            f, h, w, c = scene_shape
+            noise = jax.random.normal(k_noise, (batch, num_scenes * f, h, w, c), jnp.float32)
+            noise = constrain(noise, _BATCH5)
+
+            def denoise(x, timesteps):
+                if not use_cfg:
+                    return apply(state, x, text, timesteps, num_scenes=num_scenes)
+                v = apply(
+                    state,
+                    jnp.concatenate([x, x]),
+                    jnp.concatenate([negative, text]),
+                    jnp.concatenate([timesteps, timesteps]),
+                    num_scenes=num_scenes,
+                ).astype(jnp.float32)
+                v_uncond, v_text = jnp.split(v, 2)
+                return v_uncond + guidance * (v_text - v_uncond)
+
+            kwargs = dict(schedule=schedule, num_steps=num_steps, num_scenes=num_scenes)
+            if generate_mask is not None:
+                kwargs.update(
+                    generate_mask=jnp.asarray(generate_mask, bool),
+                    condition_latents=condition_latents,
+                )
+            if sampler == "ddim":
+                return ddim_sample(denoise, noise, **kwargs)
+            return dpm_sample(denoise, noise, rng=k_sampler, **kwargs)
+
+        per_model[static] = jax.jit(run)
+    return per_model[static]
+
+
+def _check_common(num_steps: int, sampler: str, guidance_scale: float) -> None:
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)):
+        raise ValueError(f"num_steps must be an int, got {num_steps!r}")
+    if not np.isfinite(guidance_scale):
+        raise ValueError(f"guidance_scale must be finite, got {guidance_scale}")
+
+
+def _rng(seed: int | jax.Array) -> jax.Array:
+    if isinstance(seed, (int, np.integer)):
+        return jax.random.key(int(seed))
+    return seed
+
+
+def _place(mesh: Mesh | None, state: Any, arrays: list[Any]) -> tuple[Any, list[Any]]:
+    """Shards the batch arrays over (data, fsdp); replicates parameters not already on mesh."""
+    if mesh is None:
+        return state, arrays
+    batch = arrays[0].shape[0]
+    ways = mesh.shape["data"] * mesh.shape["fsdp"]
+    if batch % ways:
+        raise ValueError(f"batch {batch} is not divisible by the mesh's data x fsdp = {ways}")
+    placed = [
+        None
+        if a is None
+        else jax.device_put(a, named_sharding(mesh, ("batch",) + (None,) * (a.ndim - 1)))
+        for a in arrays
+    ]
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def put(leaf):
+        sharding = getattr(leaf, "sharding", None)
+        if isinstance(sharding, NamedSharding) and sharding.mesh == mesh:
+            return leaf
+        return jax.device_put(leaf, replicated)
+
+    return jax.tree.map(put, state), placed
+
+
+def _run(
+    model: Any,
+    *,
+    text: jax.Array,
+    negative: jax.Array,
+    condition_latents: jax.Array | None,
+    generate_mask: tuple[bool, ...] | None,
+    num_scenes: int,
+    scene_shape: tuple[int, int, int, int],
+    num_steps: int,
+    guidance_scale: float,
+    seed: int | jax.Array,
+    sampler: str,
+    mesh: Mesh | None,
+    schedule: CogVideoXSchedule | None,
+) -> jax.Array:
+    schedule = schedule if schedule is not None else CogVideoXSchedule.create()
+    schedule.timesteps(num_steps)  # validates num_steps
+    use_cfg = float(guidance_scale) > 1.0
+    apply, state = _apply_and_state(model)
+    static = (sampler, int(num_steps), num_scenes, scene_shape, use_cfg, generate_mask)
+    fn = _sampling_fn(model, apply, static)
+    if condition_latents is None:
+        condition_latents = jnp.zeros(
+            (text.shape[0], num_scenes * scene_shape[0], *scene_shape[1:])
+        )
+    state, (text, negative, condition_latents) = _place(
+        mesh, state, [text, negative, condition_latents]
+    )
+    guidance = jnp.float32(guidance_scale)
+    if mesh is None:
+        return fn(state, schedule, text, negative, guidance, _rng(seed), condition_latents)
+    with jax.set_mesh(mesh):
+        return fn(state, schedule, text, negative, guidance, _rng(seed), condition_latents)
+
+
+def _negative_for(
+    negative: Any, text: jax.Array, num_scenes: int, *, what: str = "negative_text_embeds"
+) -> jax.Array:
+    """Broadcasts a negative prompt to ``text``'s (B, S*T, D) layout.
+
+    Accepts None (all-zero embeddings), one caption (T, D) or (B, T, D) repeated in every
+    scene slot, or a full per-scene layout (S*T, D) / (B, S*T, D).
+    """
+    b, st, d = text.shape
+    t = st // num_scenes
+    if negative is None:
+        return jnp.zeros_like(text)
+    neg = jnp.asarray(negative, text.dtype)
+    if neg.ndim == 2:
+        neg = neg[None]
+    if neg.ndim != 3 or neg.shape[-1] != d or neg.shape[1] not in (t, st):
+        raise ValueError(
+            f"{what} must be (T, D), (B, T, D), (S*T, D) or (B, S*T, D) with T={t}, "
+            f"S={num_scenes}, D={d}; got shape {np.shape(negative)}"
+        )
+    if neg.shape[1] == t:
+        neg = jnp.tile(neg, (1, num_scenes, 1))
+    if neg.shape[0] not in (1, b):
+        raise ValueError(f"{what} batch {neg.shape[0]} != text batch {b}")
+    return jnp.broadcast_to(neg, text.shape)
+
+
+def generate(
+    model: Any,
+    text_embeds: jax.Array,
+    *,
+    num_scenes: int,
+    latent_shape: Sequence[int],
+    num_steps: int = 50,
+    guidance_scale: float = 6.0,
+    negative_text_embeds: Any = None,
+    seed: int | jax.Array = 0,
+    sampler: str = "ddim",
+    mesh: Mesh | None = None,
+    schedule: CogVideoXSchedule | None = None,
+) -> jax.Array:
+    """Samples all S scenes of each video jointly (mask 1).
+
+    Args:
+      model: a ``Mask2DiT`` (or any ``model(latents, text, timesteps, *, num_scenes)``).
+      text_embeds: (B, S*T, D) per-scene captions concatenated in scene order.
+      num_scenes: S.
+      latent_shape: one scene's latent shape (F, H, W, C).
+      num_steps: sampler steps (release: 50).
+      guidance_scale: CFG scale (release: 6.0); <= 1 disables guidance (one model pass).
+      negative_text_embeds: the negative prompt, in every scene's slot (see ``_negative_for``);
+        None uses all-zero embeddings — pass your encoder's encoding of "" (or of a negative
+        prompt) to follow the release.
+      seed: int or PRNG key; the initial noise (and DPM's step noise) derive from it.
+      sampler: "ddim" (release) or "dpm".
+      mesh: optional mesh; videos are sharded over its (data, fsdp) axes.
+      schedule: defaults to ``CogVideoXSchedule.create()`` (5B settings, SNR shift 1.0).
+
+    Returns:
+      (B, S*F, H, W, C) float32 latents.
+    """
+    _check_common(num_steps, sampler, guidance_scale)
+    text = jnp.asarray(text_embeds)
+    if text.ndim != 3 or text.shape[1] % num_scenes:
+        raise ValueError(
+            f"text_embeds must be (B, S*T, D) with S={num_scenes}, got shape {text.shape}"
+        )
+    scene_shape = tuple(int(x) for x in latent_shape)
+    if len(scene_shape) != 4 or min(scene_shape) < 1:
+        raise ValueError(f"latent_shape must be one scene's (F, H, W, C), got {latent_shape}")
+    return _run(
+        model,
+        text=text,
+        negative=_negative_for(negative_text_embeds, text, num_scenes),
+        condition_latents=None,
+        generate_mask=None,
+        num_scenes=num_scenes,
+        scene_shape=scene_shape,
+        num_steps=num_steps,
+        guidance_scale=guidance_scale,
+        seed=seed,
+        sampler=sampler,
+        mesh=mesh,
+        schedule=schedule,
+    )
+
+
+def extend(
+    model: Any,
+    scene_latents: jax.Array,
+    new_scene_text: jax.Array,
+    *,
+    scene_text: jax.Array,
+    window: int = 3,
+    num_steps: int = 50,
+    guidance_scale: float = 6.0,
+    negative_text_embeds: Any = None,
+    seed: int | jax.Array = 0,
+    sampler: str = "ddim",
+    mesh: Mesh | None = None,
+    schedule: CogVideoXSchedule | None = None,
+) -> jax.Array:
+    """Appends one scene, conditioned on the last ``window - 1`` scenes (mask 2).
+
+    The conditions enter clean with t = 0 and are reset to their clean values after every
+    sampler step; only the new scene is denoised. Memory is that of a ``window``-scene
+    sample however long the video is; call repeatedly (or use ``extend_chain``) for videos
+    of any length.
+
+    Args:
+      scene_latents: (B, S0*F, H, W, C) the existing scenes.
+      new_scene_text: (B, T, D) or (T, D) the new scene's caption embeddings.
+      scene_text: (B, S0*T, D) the existing scenes' captions, in scene order.
+      window: scenes per model call (release: 3 = two conditions + the new scene).
+      negative_text_embeds: None, or one caption (T, D) / (B, T, D) used in every slot.
+      Other arguments as in ``generate``.
+
+    Returns:
+      (B, (S0+1)*F, H, W, C): the input scenes unchanged, then the new scene.
+    """
+    _check_common(num_steps, sampler, guidance_scale)
+    if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 2:
+        raise ValueError(f"window must be an int >= 2 (conditions + new scene), got {window!r}")
+    latents = jnp.asarray(scene_latents)
+    prior_text = jnp.asarray(scene_text)
+    new_text = jnp.asarray(new_scene_text)
+    if latents.ndim != 5:
+        raise ValueError(f"scene_latents must be (B, S0*F, H, W, C), got {latents.shape}")
+    b = latents.shape[0]
+    if new_text.ndim == 2:
+        new_text = jnp.broadcast_to(new_text[None], (b,) + new_text.shape)
+    if new_text.ndim != 3 or new_text.shape[0] != b:
+        raise ValueError(f"new_scene_text must be (B={b}, T, D) or (T, D), got {new_text.shape}")
+    t_len = new_text.shape[1]
+    if (
+        prior_text.ndim != 3
+        or prior_text.shape[0] != b
+        or prior_text.shape[1] % t_len
+        or prior_text.shape[2] != new_text.shape[2]
+    ):
+        raise ValueError(
+            f"scene_text must be (B={b}, S0*T, D) with T={t_len} and D={new_text.shape[2]}, "
+            f"got {prior_text.shape}"
+        )
+    num_prior = prior_text.shape[1] // t_len
+    if num_prior < 1 or latents.shape[1] % num_prior:
+        raise ValueError(
+            f"scene_latents frame axis {latents.shape[1]} does not split into the "
+            f"{num_prior} scenes that scene_text holds"
+        )
+    frames = latents.shape[1] // num_prior
+    num_cond = min(window - 1, num_prior)
+    s = num_cond + 1
+    cond_lat = latents[:, (num_prior - num_cond) * frames :]
+    text = jnp.concatenate([prior_text[:, (num_prior - num_cond) * t_len :], new_text], axis=1)
+    scene_shape = (frames, *latents.shape[2:])
+    window_lat = jnp.concatenate([cond_lat, jnp.zeros_like(latents[:, :frames])], axis=1)
+    negative = negative_text_embeds
+    if negative is not None and np.ndim(negative) == 3 and np.shape(negative)[1] != t_len:
+        raise ValueError(f"negative_text_embeds for extend must be one caption (T={t_len}, D)")
+    mask = tuple(bool(x) for x in extension_mask(s, num_cond))
+    out = _run(
+        model,
+        text=text,
+        negative=_negative_for(negative, text, s),
+        condition_latents=window_lat.astype(jnp.float32),
+        generate_mask=mask,
+        num_scenes=s,
+        scene_shape=scene_shape,
+        num_steps=num_steps,
+        guidance_scale=guidance_scale,
+        seed=seed,
+        sampler=sampler,
+        mesh=mesh,
+        schedule=schedule,
+    )
+    new_scene = out[:, num_cond * frames :]
+    return jnp.concatenate([latents, new_scene.astype(latents.dtype)], axis=1)
+
+
+def extend_chain(
+    model: Any,
+    scene_latents: jax.Array,
+    scene_text: jax.Array,
+    new_scene_texts: Sequence[jax.Array],
+    *,
+    seed: int | jax.Array = 0,
+    **kwargs: Any,
+) -> jax.Array:
+    """Calls ``extend`` once per caption in ``new_scene_texts``: S0 + K scenes out.
+
+    Step k uses the PRNG key ``fold_in(seed_key, k)``; other keyword arguments go to
+    ``extend`` (window, num_steps, guidance_scale, ...).
+    """
+    key = _rng(seed)
+    latents, text = jnp.asarray(scene_latents), jnp.asarray(scene_text)
+    for k, caption in enumerate(new_scene_texts):
+        caption = jnp.asarray(caption)
+        if caption.ndim == 2:
+            caption = jnp.broadcast_to(caption[None], (latents.shape[0],) + caption.shape)
+        latents = extend(
+            model,
+            latents,
+            caption,
+            scene_text=text,
+            seed=jax.random.fold_in(key, k),
+            **kwargs,
+        )
+        text = jnp.concatenate([text, caption.astype(text.dtype)], axis=1)
+    return latents
