@@ -1,0 +1,113 @@
+"""The trainer's config sections and their defaults.
+
+A full training config is a ``ml_collections.ConfigDict`` with these top-level keys:
+
+  name            str   run name (shown in logs)
+  seed            int   seeds model init and the per-step RNG (folded with the step number)
+  init_from       str   a diffusers CogVideoX transformer folder to start from ("" = random init)
+  model           the model section (``m2dit_jax.model.get_model_config`` fields)
+  data            the data section (``m2dit_jax.data.default_data_config`` fields)
+  diffusion       schedule / objective options (below)
+  optim           optimizer, schedule, clipping, accumulation, EMA (below)
+  mesh            data / fsdp / context / tensor sizes; one may be -1 (fills the rest)
+  train           loop, logging, checkpointing, profiling (below)
+  distributed     multi-host initialisation (below)
+
+``default_trainer_config`` returns every section except ``model`` and ``data``; the config files
+in ``configs/`` add those two.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def diffusion_defaults() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(
+        dict(
+            snr_shift_scale=3.0,  # CogVideoX: 3.0 for 2B, 1.0 for 5B
+            num_train_timesteps=1000,
+            # Probability of a conditional (scene-extension) sample when the batch carries no
+            # `cond` mask of its own; data sources normally sample mask 2 themselves.
+            p_cond=0.0,
+            target_scene="last",  # "last" | "random"
+        )
+    )
+
+
+def optim_defaults() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(
+        dict(
+            learning_rate=1e-4,
+            warmup_steps=100,
+            schedule="constant",  # "constant" | "cosine" | "linear" (after warm-up)
+            decay_steps=0,  # length of the cosine/linear decay; 0 = until train.num_steps
+            end_lr_factor=0.0,  # final lr = learning_rate * end_lr_factor
+            b1=0.9,
+            b2=0.999,
+            eps=1e-8,
+            weight_decay=0.0,
+            clip_norm=1.0,  # global-norm clipping; 0 disables
+            grad_accum_steps=1,  # micro-batches per optimizer step (batch is split evenly)
+            ema_decay=0.999,  # 0 disables the EMA update (EMA stays equal to the init)
+            mu_dtype="",  # AdamW first-moment dtype ("" = param dtype, or "bfloat16")
+        )
+    )
+
+
+def mesh_defaults() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(data=1, fsdp=-1, context=1, tensor=1))
+
+
+def train_defaults() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(
+        dict(
+            num_steps=1000,
+            # Stop (with a checkpoint) once this many steps are done, as a preemption would;
+            # the schedule still spans num_steps. 0 = run to num_steps.
+            stop_at_step=0,
+            batch_size=8,  # global batch (all processes together)
+            log_every=10,
+            eval_every=0,  # held-out loss (params and EMA) every N steps; 0 = only at the end
+            eval_batches=2,  # fixed held-out batches (a data stream seeded seed + 1)
+            checkpoint_every=500,
+            keep_checkpoints=3,
+            async_checkpointing=True,
+            checkpoint_on_preemption=True,
+            max_consecutive_nonfinite=20,  # stop (with a checkpoint) after this many skips in a row
+            progress_bar=True,
+            profile_start_step=-1,  # >= 0: trace steps [start, start + profile_num_steps)
+            profile_num_steps=3,
+            peak_tflops_per_device=0.0,  # 0 = from the device kind (CPU: measured matmul rate)
+            tensorboard=True,
+            jsonl=True,
+        )
+    )
+
+
+def distributed_defaults() -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(
+        dict(
+            # "auto": initialise when the environment describes a cluster (TPU pod, SLURM,
+            # JAX_COORDINATOR_ADDRESS/M2DIT_* variables); "always"; "never".
+            initialize="auto",
+            coordinator_address="",  # "" = from the environment
+            num_processes=0,  # 0 = from the environment
+            process_id=-1,  # -1 = from the environment
+            cpu_collectives="gloo",  # CPU cross-process collectives (tests, CPU clusters)
+        )
+    )
+
+
+def default_trainer_config() -> ml_collections.ConfigDict:
+    """Every trainer section with defaults; configs add ``model`` and ``data``."""
+    config = ml_collections.ConfigDict()
+    config.name = "m2dit"
+    config.seed = 0
+    config.init_from = ""
+    config.diffusion = diffusion_defaults()
+    config.optim = optim_defaults()
+    config.mesh = mesh_defaults()
+    config.train = train_defaults()
+    config.distributed = distributed_defaults()
+    return config

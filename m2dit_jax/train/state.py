@@ -1,0 +1,101 @@
+"""The train state: one pytree of plain dicts, born sharded, and its restore target.
+
+    state = {
+      "step":      int32 ()                  optimizer steps taken (skipped ones included)
+      "params":    pure dict of arrays       nnx.to_pure_dict(nnx.state(model, nnx.Param))
+      "opt_state": optax state               mirrors params where it holds moments
+      "ema":       pure dict like params     the exponential moving average (export this)
+      "rng":       uint32 key data           base key; step keys are fold_in(rng, step)
+      "nonfinite": {"total", "run"} int32    skipped updates in all / in a row
+    }
+
+Plain nested dicts (not NNX Variables) keep checkpoints readable by any tool:
+``state["ema"]`` restores straight into a model with ``nnx.merge(graphdef, ema, rest)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+
+@dataclasses.dataclass
+class ModelParts:
+    """What the train step needs to rebuild the NNX model from pure param dicts."""
+
+    graphdef: Any
+    rest: Any  # non-Param model state (empty for Mask2DiT), closed over as constants
+
+    def bind(self, params: Any) -> nnx.Module:
+        """A model view on ``params`` (pure dict); safe inside jit and grad."""
+        return nnx.merge(self.graphdef, params, self.rest)
+
+
+def split_model(model: nnx.Module) -> tuple[ModelParts, Any]:
+    """(ModelParts, params as a pure dict of arrays)."""
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    return ModelParts(graphdef, rest), nnx.to_pure_dict(params)
+
+
+def _replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def state_shardings(params: Any, tx: optax.GradientTransformation, mesh: Mesh) -> dict[str, Any]:
+    """Shardings of every state leaf: moments follow their parameter, scalars replicate."""
+    param_sh = jax.tree.map(lambda x: x.sharding, params)
+    abstract_opt = jax.eval_shape(tx.init, params)
+    rep = _replicated(mesh)
+    opt_sh = optax.tree_map_params(
+        tx, lambda _, s: s, abstract_opt, param_sh, transform_non_params=lambda _: rep
+    )
+    return {
+        "step": rep,
+        "params": param_sh,
+        "opt_state": opt_sh,
+        "ema": param_sh,
+        "rng": rep,
+        "nonfinite": {"total": rep, "run": rep},
+    }
+
+
+def init_train_state(
+    params: Any, tx: optax.GradientTransformation, mesh: Mesh, seed: int
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Builds the state around already-sharded ``params``; returns (state, shardings).
+
+    Optimizer moments and the EMA are created directly with their target shardings (jit
+    with out_shardings), never as a host copy.
+    """
+    shardings = state_shardings(params, tx, mesh)
+
+    def build(p):
+        return {
+            "step": jnp.zeros((), jnp.int32),
+            "params": p,
+            "opt_state": tx.init(p),
+            # A distinct buffer: the EMA must never alias the trained params.
+            "ema": jax.tree.map(lambda x: x.astype(x.dtype) + jnp.zeros((), x.dtype), p),
+            "rng": jax.random.key_data(jax.random.key(seed)),
+            "nonfinite": {"total": jnp.zeros((), jnp.int32), "run": jnp.zeros((), jnp.int32)},
+        }
+
+    state = jax.jit(build, out_shardings=shardings)(params)
+    return state, shardings
+
+
+def abstract_state(state: Any, shardings: Any) -> Any:
+    """ShapeDtypeStructs with target shardings: the restore target (any mesh shape)."""
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, shardings
+    )
+
+
+def count_params(params: Any) -> int:
+    return int(sum(x.size for x in jax.tree.leaves(params)))
