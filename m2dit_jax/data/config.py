@@ -18,7 +18,7 @@ def default_data_config() -> ml_collections.ConfigDict:
         (ArrayRecord shards of precomputed VAE latents + text embeddings).
       path: manifest .jsonl file (manifest); TFDS data_dir (tfds); shard directory, glob or
         file (latents). Unused by synthetic_shapes.
-      tfds_name: registered TFDS builder name for source="tfds".
+      tfds_name, tfds_split: registered TFDS builder name and split for source="tfds".
       num_scenes: S, scenes per sample.
       frames: pixel frames per scene (pixel sources; latents use what the shards hold).
       height, width: pixel frame size per scene (resize short side, then centre crop).
@@ -47,6 +47,7 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.source = "synthetic_shapes"
     c.path = ""
     c.tfds_name = "m2dit_scenes"
+    c.tfds_split = "train"
     c.num_scenes = 3
     c.frames = 4
     c.height = 16
