@@ -3,7 +3,8 @@
     BUNDLE/
       config.json          {"format": "m2dit_bundle", "version": 1, "model": {...model config},
                             "encoders": {"text": {...}, "video": {...}}, "video": {num_scenes,
-                            frames, height, width, fps}, "weights_dtype", "source": {...}}
+                            frames, height, width, fps}, "schedule": {...}, "weights_dtype",
+                            "source": {...}}
       model.safetensors    the (EMA) transformer weights, keys = NNX state paths joined by "/"
       README.md            what this is and the exact command to sample from it
 
@@ -140,6 +141,7 @@ def write_bundle(
     video: dict,
     weights_dtype: str = "float32",
     source: dict | None = None,
+    schedule: dict | None = None,
 ) -> str:
     """Writes a bundle folder; returns its path.
 
@@ -151,6 +153,8 @@ def write_bundle(
       video: ``{"num_scenes", "frames", "height", "width", "fps"}`` — pixel frames per scene.
       weights_dtype: "float32" or "bfloat16" (halves the file; cast back on load).
       source: free-form provenance (workdir, step, which weights) recorded in config.json.
+      schedule: ``CogVideoXSchedule.create`` keyword arguments the model was trained with
+        (e.g. ``{"snr_shift_scale": 1.0, "num_train_timesteps": 1000}``).
     """
     if weights_dtype not in WEIGHT_DTYPES:
         raise ValueError(f"weights_dtype must be one of {WEIGHT_DTYPES}, got {weights_dtype!r}")
@@ -176,6 +180,7 @@ def write_bundle(
         "video": _json_ready({"fps": 4, **video}),
         "weights_dtype": weights_dtype,
         "source": _json_ready(source),
+        "schedule": _json_ready(schedule or {}),
     }
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(config, f, indent=2, sort_keys=True)
