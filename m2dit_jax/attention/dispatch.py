@@ -69,4 +69,4 @@ def masked_attention(
 
 
 # Importing a backend module registers it.
-from m2dit_jax.attention import reference  # noqa: E402,F401
+from m2dit_jax.attention import reference, split  # noqa: E402,F401

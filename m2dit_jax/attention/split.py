@@ -1,0 +1,201 @@
+"""The ``split`` backend: mask 1 as a few *unmasked* attentions, never an L x L array.
+
+Mask 1 only ever lets a query see whole key groups: its own scene's real caption, its own
+scene's video, all video (and, for the ablation modes, all real captions). So each query group
+is answered by unmasked attentions over those key groups, combined exactly. Two ways:
+
+* ``impl="chunked"`` / ``"dense"`` (log-sum-exp merge): every part returns (out, lse) and the
+  parts merge through their log-sum-exp (``merge_partials``). Video queries x all video keys is
+  one big mask-free attention; the caption parts are small. ``chunked`` is the pure-JAX tiled
+  online softmax (memory linear in L: the CPU path); ``dense`` materialises each part's logits
+  (small problems only).
+* ``impl="cudnn"`` / ``"xla"`` (the release's two-call split): video queries of scene s attend
+  over [T_s ; V_all] and caption queries over [T_s ; V_s], each one call of
+  ``jax.nn.dot_product_attention`` (cuDNN flash attention on GPU). Only the forward output is
+  needed, so no log-sum-exp gradient is required from the fused kernel. Scenes run one after
+  another under ``jax.checkpoint``, so only one [T_s ; V_all] key copy exists at a time, in the
+  forward and the backward (the release keeps S copies).
+
+Caption padding queries attend only to their own real caption (the layout's convention).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+
+from m2dit_jax.attention import dispatch
+from m2dit_jax.attention.online_softmax import (
+    DEFAULT_BLOCK_KV,
+    DEFAULT_BLOCK_Q,
+    chunked_attention,
+    dense_attention_with_lse,
+    merge_partials,
+)
+from m2dit_jax.layout import SceneLayout
+
+SPLIT_IMPLS = ("auto", "chunked", "dense", "cudnn", "xla")
+_CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
+
+
+def default_split_impl(dtype, head_dim: int) -> str:
+    """cuDNN flash attention on GPU for half-precision inputs it supports, else chunked."""
+    platform = jax.devices()[0].platform
+    if platform == "gpu" and dtype in _CUDNN_DTYPES and head_dim % 8 == 0 and head_dim <= 128:
+        return "cudnn"
+    return "chunked"
+
+
+class _Groups:
+    """q/k/v cut into per-scene caption and video groups: (B, S, n, H, Dh) arrays."""
+
+    def __init__(self, x: jax.Array, layout: SceneLayout):
+        b, _, h, d = x.shape
+        s = layout.num_scenes
+        self.text = x[:, : layout.text_total].reshape(b, s, layout.text_block, h, d)
+        self.real_text = self.text[:, :, : layout.text_len]
+        self.pad_text = self.text[:, :, layout.text_len :]
+        self.video = x[:, layout.text_total :].reshape(b, s, layout.video_len, h, d)
+
+
+def _fold(x: jax.Array) -> jax.Array:
+    """(B, S, n, ...) -> (B*S, n, ...): each scene becomes its own batch row."""
+    return x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
+
+
+def _flat(x: jax.Array) -> jax.Array:
+    """(B, S, n, ...) -> (B, S*n, ...): all scenes in one sequence."""
+    return x.reshape(x.shape[0], x.shape[1] * x.shape[2], *x.shape[3:])
+
+
+def _unfold(x: jax.Array, b: int, s: int) -> jax.Array:
+    return x.reshape(b, s, -1, *x.shape[2:])
+
+
+# Which key groups each (non-padding) query group sees, per mask mode: (scope, group) with
+# scope "own" = same scene only, "all" = every scene.
+_PARTS = {
+    "mask2dit": {"text": (("own", "real_text"), ("own", "video")),
+                 "video": (("all", "video"), ("own", "real_text"))},
+    "independent": {"text": (("own", "real_text"), ("own", "video")),
+                    "video": (("own", "video"), ("own", "real_text"))},
+    "full": {"text": (("all", "real_text"), ("all", "video")),
+             "video": (("all", "video"), ("all", "real_text"))},
+}  # fmt: skip
+
+
+def _lse_merge_attention(q, k, v, layout, *, scale, attend) -> jax.Array:
+    b, s = q.shape[0], layout.num_scenes
+    gq, gk, gv = _Groups(q, layout), _Groups(k, layout), _Groups(v, layout)
+
+    def part(queries, scope, group):
+        keys, values = getattr(gk, group), getattr(gv, group)
+        if scope == "own":
+            out, lse = attend(_fold(queries), _fold(keys), _fold(values))
+            return _unfold(out, b, s), _unfold(lse, b, s)
+        out, lse = attend(_flat(queries), _flat(keys), _flat(values))
+        return _unfold(out, b, s), _unfold(lse, b, s)
+
+    results = {}
+    for name, queries in (("text", gq.real_text), ("video", gq.video)):
+        parts = [part(queries, scope, group) for scope, group in _PARTS[layout.mask_mode][name]]
+        results[name] = merge_partials(parts)[0]
+    text = results["text"]
+    if layout.text_padding:
+        pad_out, _ = part(gq.pad_text, "own", "real_text")
+        text = jnp.concatenate([text, pad_out], axis=2)
+    return jnp.concatenate([_flat(text), _flat(results["video"])], axis=1).astype(q.dtype)
+
+
+def _two_call_attention(q, k, v, layout, *, scale, implementation) -> jax.Array:
+    b, s = q.shape[0], layout.num_scenes
+    gq, gk, gv = _Groups(q, layout), _Groups(k, layout), _Groups(v, layout)
+
+    def fused(queries, keys, values):
+        return jax.nn.dot_product_attention(
+            queries, keys, values, scale=scale, implementation=implementation
+        )
+
+    def own_scene(queries, *key_groups):
+        keys = jnp.concatenate([getattr(gk, g) for g in key_groups], axis=2)
+        values = jnp.concatenate([getattr(gv, g) for g in key_groups], axis=2)
+        return _unfold(fused(_fold(queries), _fold(keys), _fold(values)), b, s)
+
+    mode = layout.mask_mode
+    if mode == "full":
+        keys = jnp.concatenate([_flat(gk.real_text), _flat(gk.video)], axis=1)
+        values = jnp.concatenate([_flat(gv.real_text), _flat(gv.video)], axis=1)
+        text = _unfold(fused(_flat(gq.real_text), keys, values), b, s)
+        video = _unfold(fused(_flat(gq.video), keys, values), b, s)
+    else:
+        text = own_scene(gq.real_text, "real_text", "video")
+        if mode == "independent":
+            video = own_scene(gq.video, "real_text", "video")
+        else:
+            all_k, all_v = _flat(gk.video), _flat(gv.video)
+
+            @jax.checkpoint
+            def scene_video(queries, text_k, text_v, all_k, all_v):
+                keys = jnp.concatenate([text_k, all_k], axis=1)
+                values = jnp.concatenate([text_v, all_v], axis=1)
+                return fused(queries, keys, values)
+
+            video = jnp.stack(
+                [
+                    scene_video(
+                        gq.video[:, i], gk.real_text[:, i], gv.real_text[:, i], all_k, all_v
+                    )
+                    for i in range(s)
+                ],
+                axis=1,
+            )
+    if layout.text_padding:
+        text = jnp.concatenate([text, own_scene(gq.pad_text, "real_text")], axis=2)
+    return jnp.concatenate([_flat(text), _flat(video)], axis=1).astype(q.dtype)
+
+
+def split_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    layout: SceneLayout,
+    *,
+    scale: float,
+    impl: str = "auto",
+    block_q: int = DEFAULT_BLOCK_Q,
+    block_kv: int = DEFAULT_BLOCK_KV,
+) -> jax.Array:
+    """Mask-1 attention from unmasked parts; exact, differentiable, no L x L array.
+
+    Args:
+      q, k, v: (B, L, H, Dh), L == layout.seq_len.
+      layout: the scene layout (any ``mask_mode``).
+      scale: logit scale.
+      impl: "auto" (cuDNN on GPU for bf16/f16, else "chunked"), "chunked", "dense", "cudnn",
+        "xla" (see the module docstring).
+      block_q, block_kv: tile sizes of the "chunked" online softmax.
+    Returns:
+      (B, L, H, Dh) in q's dtype.
+    """
+    if impl not in SPLIT_IMPLS:
+        raise ValueError(f"split attention impl must be one of {SPLIT_IMPLS}, got {impl!r}")
+    if impl == "auto":
+        impl = default_split_impl(q.dtype, q.shape[-1])
+    if impl in ("cudnn", "xla"):
+        return _two_call_attention(q, k, v, layout, scale=scale, implementation=impl)
+    attend: Callable
+    if impl == "chunked":
+
+        def attend(q_, k_, v_):
+            return chunked_attention(q_, k_, v_, scale=scale, block_q=block_q, block_kv=block_kv)
+    else:
+
+        def attend(q_, k_, v_):
+            return dense_attention_with_lse(q_, k_, v_, scale=scale)
+
+    return _lse_merge_attention(q, k, v, layout, scale=scale, attend=attend)
+
+
+dispatch.register_backend("split", split_attention)
