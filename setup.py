@@ -23,6 +23,9 @@ INSTALL_REQUIRES = [
     "tqdm==4.70.1",
     "tensorboardX==2.6.5",
     "sentencepiece==0.2.3",
+    "msgpack==1.2.4",
+    "scipy==1.17.1",
+    "absl-py==2.5.1",
 ]
 
 EXTRAS = {
