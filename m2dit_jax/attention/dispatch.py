@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import jax
 
+from m2dit_jax.attention import context_parallel
 from m2dit_jax.layout import SceneLayout
 
 AttentionFn = Callable[..., jax.Array]
@@ -54,9 +55,14 @@ def masked_attention(
     Args:
       q, k, v: (B, L, H, Dh) with L == layout.seq_len.
       layout: the scene layout that defines the mask.
-      backend: a name in ``BACKENDS`` ("xla" is the dense reference).
+      backend: a name in ``BACKENDS``: "xla" (dense reference), "split" (mask-free parts),
+        "splash" (TPU Pallas kernel; interpret mode elsewhere), "auto" (picks per platform).
       scale: logit scale, default 1/sqrt(Dh).
-      backend_options: passed to the backend (block sizes, mesh, ...).
+      backend_options: passed to the backend (``impl``, ``block_q``, ``block_kv``, ...; see
+        each backend), except ``mesh``: the mesh to shard over (default: the one set with
+        ``jax.set_mesh``). Under a mesh with more than one device the backend runs in a
+        ``shard_map``: batch over (data, fsdp), heads over tensor, and the sequence over
+        context through Ulysses all-to-alls, so mask 1 stays exact (``context_parallel``).
     Returns:
       (B, L, H, Dh) in q's dtype.
     """
@@ -65,7 +71,13 @@ def masked_attention(
         raise ValueError(f"unknown attention backend {backend!r}; available: {sorted(BACKENDS)}")
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
-    return BACKENDS[backend](q, k, v, layout, scale=scale, **backend_options)
+    mesh = context_parallel.active_mesh(backend_options.pop("mesh", None))
+    fn = BACKENDS[backend]
+    if mesh is not None:
+        return context_parallel.sharded_attention(
+            fn, q, k, v, layout, mesh, scale=scale, **backend_options
+        )
+    return fn(q, k, v, layout, scale=scale, **backend_options)
 
 
 # Importing a backend module registers it.
