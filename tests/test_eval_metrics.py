@@ -85,3 +85,39 @@ def test_fvd_with_pluggable_features():
     assert far["fvd"] > 1000 and far["num_real"] == 40 and not far["rank_deficient"]
     with pytest.raises(ValueError, match="same D"):
         fvd.fvd_from_features(np.zeros((3, 2)), np.zeros((3, 4)))
+
+
+def test_synthetic_metrics_on_renders_and_corruptions():
+    from m2dit_jax.data import synthetic_shapes as ss
+    from m2dit_jax.eval import synthetic_metrics as sm
+
+    geometry = ss.ShapesGeometry()
+    scripts = ss.sample_held_out_scripts(12, 3, seed=1)
+    renders = [ss.render_script(s, geometry, seed=i)[1] for i, s in enumerate(scripts)]
+    summary, rows = sm.score_videos(renders, scripts)
+    for key in sm.METRICS:
+        assert summary[key] == 1.0, key
+    assert summary["num_scenes_scored"] == 36 and "shape_consistent" not in rows[0][0]
+
+    # scene 2 redrawn with another shape and background: consistency breaks, alignment holds
+    script = ss.Script(shape=0, background=0, colours=(0, 1, 2), motions=(0, 1, 2))
+    video = ss.render_script(script, geometry, seed=0)[1]
+    other = ss.Script(shape=2, background=2, colours=(0, 1, 2), motions=(0, 1, 2))
+    video[4:8] = ss.render_script(other, geometry, seed=0)[1][4:8]
+    scene2 = sm.score_video(video, script)[1]
+    assert scene2["colour_ok"] and scene2["motion_ok"]
+    assert not scene2["shape_consistent"] and not scene2["background_consistent"]
+
+    # captions swapped between scenes: alignment breaks
+    swapped = ss.Script(shape=0, background=0, colours=(1, 2, 0), motions=(0, 1, 2))
+    assert sm.summarize(sm.score_video(ss.render_script(script, geometry)[1], swapped))[
+        "colour_ok"
+    ] == pytest.approx(0.0)
+
+    # noise is never "consistent", and extended scoring skips the condition scenes
+    noise = np.random.default_rng(0).integers(0, 256, (12, 16, 16, 3)).astype(np.uint8)
+    noisy = sm.summarize(sm.score_video(noise, script))
+    assert noisy["shape_consistent"] == 0.0 and noisy["background_consistent"] == 0.0
+    assert [r["scene"] for r in sm.score_video(video, script, first_scene=2)] == [2]
+    table = sm.format_table({"generated": summary})
+    assert "alignment/colour" in table and "100.0%" in table
