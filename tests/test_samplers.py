@@ -106,7 +106,7 @@ def test_dpm_matches_diffusers_step_by_step(shift, num_steps, monkeypatch):
     old_x0 = None
     for i, t in enumerate(timesteps):
         z = torch.from_numpy(
-            np.asarray(jax.random.normal(jax.random.fold_in(rng, i), SHAPE, jnp.float32))
+            np.array(jax.random.normal(jax.random.fold_in(rng, i), SHAPE, jnp.float32))
         )
         queue[:] = [z, z]
         back = timesteps[i - 1] if i > 0 else None
