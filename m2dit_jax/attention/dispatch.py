@@ -81,4 +81,4 @@ def masked_attention(
 
 
 # Importing a backend module registers it.
-from m2dit_jax.attention import reference, split  # noqa: E402,F401
+from m2dit_jax.attention import auto, reference, splash, split  # noqa: E402,F401
