@@ -56,15 +56,23 @@ def _assert_matches_xla(layout, q, k, v, tol, **opts):
         np.testing.assert_allclose(a, b, atol=tol * scale, rtol=tol, err_msg=f"d{name}")
 
 
-@settings(max_examples=12, deadline=None)
+@settings(max_examples=6, deadline=None)
 @given(layout=layouts, batch=st.integers(1, 2), impl=st.sampled_from(["chunked", "xla"]))
 def test_split_matches_xla_random_layouts(layout, batch, impl):
     q, k, v = _qkv(layout, batch)
     _assert_matches_xla(layout, q, k, v, F32_TOL, impl=impl, block_q=64, block_kv=48)
 
 
-@pytest.mark.parametrize("mode", ["mask2dit", "independent", "full"])
-@pytest.mark.parametrize("impl", ["chunked", "dense", "xla"])
+@pytest.mark.parametrize(
+    "mode, impl",
+    [
+        ("mask2dit", "dense"),
+        ("independent", "chunked"),
+        ("full", "chunked"),
+        ("independent", "xla"),
+        ("full", "xla"),
+    ],
+)
 def test_split_every_mask_mode_and_impl(mode, impl):
     layout = SceneLayout(3, 5, 2, 2, 3, text_pad_to=4, mask_mode=mode)
     q, k, v = _qkv(layout, batch=2, seed=1)
@@ -86,7 +94,7 @@ def test_split_rejects_unknown_impl():
         masked_attention(q, k, v, layout, backend="split", impl="chunked", block_q=0)
 
 
-@settings(max_examples=10, deadline=None)
+@settings(max_examples=6, deadline=None)
 @given(
     lq=st.integers(1, 40),
     lk=st.integers(1, 40),
