@@ -12,6 +12,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import time
+import warnings
 from typing import Any
 
 import grain.checkpoint as grain_ckpt
@@ -58,6 +61,19 @@ class IteratorStateSnapshot:
         start = getattr(self._iterator, "start_prefetch", None)
         if callable(start):
             start()
+
+
+def _everywhere(ok: bool) -> bool:
+    """True iff ``ok`` holds on every process (all processes must pick the same step)."""
+    import jax
+
+    if jax.process_count() == 1:
+        return ok
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    flags = multihost_utils.process_allgather(np.asarray([int(ok)], np.int32))
+    return bool(np.asarray(flags).all())
 
 
 class Checkpointer:
@@ -112,28 +128,53 @@ class Checkpointer:
         tried. The data iterator is only touched by a restore that succeeds as a whole: its
         state is restored last, after the arrays.
         """
+        bad: list[int] = []
         for step in reversed(self.all_steps()):
+            state, reason = None, ""
             try:
                 state = self.restore(step, target, None)
                 if data_iterator is not None:
+                    snapshot = IteratorStateSnapshot(data_iterator)
                     self.manager.restore(
                         step,
-                        args=ocp.args.Composite(
-                            data=grain_ckpt.CheckpointRestore(IteratorStateSnapshot(data_iterator))
-                        ),
+                        args=ocp.args.Composite(data=grain_ckpt.CheckpointRestore(snapshot)),
                     )
             except Exception as e:  # noqa: BLE001 - any failure means "not restorable"
-                log.warning(
-                    "checkpoint at step %d in %s is not restorable (%s: %s); "
-                    "falling back to the previous checkpoint",
-                    step,
-                    self.directory,
-                    type(e).__name__,
-                    str(e).splitlines()[0] if str(e) else "",
+                reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            if not _everywhere(not reason):
+                message = (
+                    f"checkpoint at step {step} in {self.directory} is not restorable "
+                    f"({reason or 'failed on another process'}); falling back to the previous "
+                    "checkpoint"
                 )
+                log.warning(message)
+                warnings.warn(message, RuntimeWarning, stacklevel=2)
+                bad.append(step)
                 continue
+            self._quarantine(bad)
             return step, state
+        self._quarantine(bad)
         return None, None
+
+    def _quarantine(self, steps: list[int]) -> None:
+        """Moves unrestorable step directories to ``<dir>_unrestorable/`` (kept, not deleted)
+        so that the run can save those step numbers again."""
+        if not steps:
+            return
+        import jax
+
+        if jax.process_index() == 0:
+            aside = self.directory + "_unrestorable"
+            os.makedirs(aside, exist_ok=True)
+            for step in steps:
+                src = os.path.join(self.directory, str(step))
+                if os.path.exists(src):
+                    shutil.move(src, os.path.join(aside, f"{step}.{int(time.time())}"))
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("m2dit_checkpoint_quarantine")
+        self.manager.reload()
 
     def close(self) -> None:
         self.manager.wait_until_finished()

@@ -39,7 +39,7 @@ class ConfigError(ValueError):
 
 def resolve_mesh_shape(mesh_cfg: Any, num_devices: int) -> dict[str, int]:
     """Mesh section -> {axis: size} with the -1 entry filled; raises ConfigError on mismatch."""
-    sizes = {a: int(mesh_cfg.get(a, 1)) for a in MESH_AXES}
+    sizes = {a: int(mesh_cfg.get(a, 1)) for a in MESH_AXES}  # num_devices is not an axis
     bad = [f"mesh.{a}={s}" for a, s in sizes.items() if s == 0 or s < -1]
     if bad:
         raise ConfigError(f"mesh sizes must be positive or -1: {', '.join(bad)}")
@@ -121,6 +121,13 @@ def check_config(
     if errors:
         raise ConfigError("unknown config keys: " + "; ".join(errors))
 
+    use = int(config.mesh.num_devices)
+    if use < 0 or use > num_devices:
+        errors.append(f"mesh.num_devices={use} must be in [0, {num_devices}] (0 = all devices)")
+    elif use:
+        if process_count > 1:
+            errors.append(f"mesh.num_devices={use} is single-process only; use all devices")
+        num_devices = use
     try:
         mesh = resolve_mesh_shape(config.mesh, num_devices)
     except ConfigError as e:

@@ -56,7 +56,8 @@ def optim_defaults() -> ml_collections.ConfigDict:
 
 
 def mesh_defaults() -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dict(data=1, fsdp=-1, context=1, tensor=1))
+    # num_devices: use only the first N devices (0 = all); for debugging and tests on one host.
+    return ml_collections.ConfigDict(dict(data=1, fsdp=-1, context=1, tensor=1, num_devices=0))
 
 
 def train_defaults() -> ml_collections.ConfigDict:
@@ -79,6 +80,9 @@ def train_defaults() -> ml_collections.ConfigDict:
             profile_start_step=-1,  # >= 0: trace steps [start, start + profile_num_steps)
             profile_num_steps=3,
             peak_tflops_per_device=0.0,  # 0 = from the device kind (CPU: measured matmul rate)
+            # Persistent XLA compilation cache shared by runs/processes ("" = off): restarts and
+            # preemption resumes skip recompiling the step.
+            compilation_cache_dir="",
             tensorboard=True,
             jsonl=True,
         )

@@ -105,6 +105,13 @@ def _write_config(workdir: str, config: ml_collections.ConfigDict) -> None:
         f.write(config.to_json_best_effort(indent=2, sort_keys=True))
 
 
+def enable_compilation_cache(directory: str) -> None:
+    """Persist every compiled executable under ``directory`` (jax's on-disk cache)."""
+    jax.config.update("jax_compilation_cache_dir", os.path.abspath(directory))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
 class _Window:
     """Host-side running means of per-step metrics between two log points."""
 
@@ -153,10 +160,13 @@ def train_and_evaluate(
        "start_step", "compile_s", "mean_step_time_s", "params"}.
     """
     distributed.initialize(config.distributed)
+    if config.train.compilation_cache_dir:
+        enable_compilation_cache(config.train.compilation_cache_dir)
     mesh_shape = check_config(
         config, num_devices=jax.device_count(), process_count=jax.process_count()
     )
-    mesh = make_mesh(mesh_shape)
+    devices = jax.devices()[: int(config.mesh.num_devices) or None]
+    mesh = make_mesh(mesh_shape, devices)
     workdir = os.path.abspath(workdir)
     _write_config(workdir, config)
     t_cfg = config.train
@@ -271,7 +281,7 @@ def train_and_evaluate(
                                 global_batch,
                                 video_tokens,
                                 flops_per_sample,
-                                jax.device_count(),
+                                mesh.size,
                                 peak,
                             )
                         )
