@@ -38,7 +38,8 @@ def create_model(
         return build()
     abstract = nnx.eval_shape(build)
     graphdef, abstract_state = nnx.split(abstract)
+    init = lambda: nnx.state(build())
     shardings = param_shardings(abstract_state, mesh)
     with jax.set_mesh(mesh):
-        state = jax.jit(lambda: nnx.state(build()), out_shardings=shardings)()
+        state = jax.jit(init, out_shardings=shardings)()
     return nnx.merge(graphdef, state)

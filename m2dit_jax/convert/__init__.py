@@ -1,0 +1,11 @@
+"""Weight import/export: diffusers CogVideoX transformer folders and our own params format."""
+
+from m2dit_jax.convert.diffusers import load_diffusers_transformer, save_diffusers_transformer
+from m2dit_jax.convert.mapping import config_from_diffusers, config_to_diffusers
+
+__all__ = [
+    "config_from_diffusers",
+    "config_to_diffusers",
+    "load_diffusers_transformer",
+    "save_diffusers_transformer",
+]
