@@ -33,7 +33,7 @@ import numpy as np
 DEMO_OVERRIDES: dict[str, Any] = {
     "data.p_cond": 0.25,
     "diffusion.p_cond": 0.25,
-    "train.num_steps": 2000,
+    "train.num_steps": 1500,
     "train.checkpoint_every": 500,
     "train.log_every": 100,
 }
