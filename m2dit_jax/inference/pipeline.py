@@ -66,10 +66,15 @@ class SamplingPipeline:
         return cls(bundle.model, bundle.text_encoder, bundle.autoencoder, spec, schedule=schedule)
 
     # ------------------------------------------------------------------ encoding
-    def encode_captions(self, captions: Sequence[str]) -> jax.Array:
-        """(S,) captions -> (1, S*T, D) embeddings, scene order."""
-        embeds, _ = self.text_encoder.encode(list(captions))
-        return jnp.asarray(embeds.reshape(1, -1, embeds.shape[-1]))
+    def encode_captions(self, captions: Sequence[str] | Sequence[Sequence[str]]) -> jax.Array:
+        """(S,) captions -> (1, S*T, D); a list of B caption lists -> (B, S*T, D)."""
+        batch = [captions] if captions and isinstance(captions[0], str) else list(captions)
+        counts = {len(c) for c in batch}
+        if len(counts) != 1 or 0 in counts:
+            raise ValueError(f"every video needs the same non-zero number of captions: {counts}")
+        flat = [c for caps in batch for c in caps]
+        embeds, _ = self.text_encoder.encode(flat)
+        return jnp.asarray(embeds.reshape(len(batch), -1, embeds.shape[-1]))
 
     def encode_negatives(self, negatives: Sequence[str | None]) -> jax.Array:
         """Per-scene negative captions (None = all-zero embeddings) -> (1, S*T, D)."""
@@ -88,12 +93,12 @@ class SamplingPipeline:
         return jnp.asarray(latents.reshape(1, -1, *latents.shape[2:]))
 
     def decode_latents(self, latents: jax.Array) -> np.ndarray:
-        """(1, S*F', h, w, C) -> (S*F, H, W, 3) uint8, scene by scene."""
-        lat = np.asarray(jax.device_get(latents), np.float32)[0]
-        f = self.latent_shape[0]
-        scenes = lat.reshape(-1, f, *lat.shape[1:])
+        """(B, S*F', h, w, C) -> (B, S*F, H, W, 3) uint8, scene by scene."""
+        lat = np.asarray(jax.device_get(latents), np.float32)
+        b, f = lat.shape[0], self.latent_shape[0]
+        scenes = lat.reshape(-1, f, *lat.shape[2:])
         video = self.autoencoder.decode(scenes)
-        return video.reshape(-1, *video.shape[2:])
+        return video.reshape(b, -1, *video.shape[2:])
 
     def split_video(self, video: np.ndarray) -> np.ndarray:
         """(S*F, H, W, 3) -> (S, F, H, W, 3), checking the model's frame size."""
@@ -119,6 +124,65 @@ class SamplingPipeline:
             schedule=self.schedule,
         )
 
+    def sample_latents(
+        self,
+        captions: Sequence[Sequence[str]],
+        sampler: SamplerOptions,
+        negatives: Sequence[str | None] | None = None,
+    ) -> jax.Array:
+        """B videos of S = num_scenes scenes sampled jointly -> latents (B, S*F', h, w, C)."""
+        s = self.video.num_scenes
+        if any(len(c) != s for c in captions):
+            raise ValueError(f"this model samples {s} scenes jointly; give {s} captions per video")
+        return generate(
+            self.model,
+            self.encode_captions(captions),
+            num_scenes=s,
+            latent_shape=self.latent_shape,
+            negative_text_embeds=self.encode_negatives(negatives or [None] * s),
+            seed=sampler.seed,
+            **self._options(sampler),
+        )
+
+    def extend_latents(
+        self,
+        latents: jax.Array,
+        previous: Sequence[Sequence[str]],
+        new: Sequence[Sequence[str]],
+        sampler: SamplerOptions,
+        *,
+        window: int | None = None,
+        negatives: Sequence[str | None] | None = None,
+        seed_offset: int = 0,
+    ) -> jax.Array:
+        """Appends K scenes to B videos' latents, one extension step per scene.
+
+        ``previous``: per video, the captions of the scenes in ``latents``; ``new``: per video,
+        K captions; ``negatives``: K negative captions shared by the batch (None = zeros).
+        """
+        window = window or self.video.num_scenes
+        text = self.encode_captions(previous)
+        key = jax.random.key(sampler.seed)
+        num_new = {len(n) for n in new}
+        if len(new) != latents.shape[0] or len(num_new) != 1:
+            raise ValueError("give every video the same number of new captions")
+        negatives = negatives or [None] * num_new.pop()
+        for k, negative in enumerate(negatives):
+            caption_embeds = self.encode_captions([[n[k]] for n in new])  # (B, T, D)
+            neg = None if negative is None else self.encode_negatives([negative])[0]
+            latents = extend(
+                self.model,
+                latents,
+                caption_embeds,
+                scene_text=text,
+                window=window,
+                negative_text_embeds=neg,
+                seed=jax.random.fold_in(key, seed_offset + k),
+                **self._options(sampler),
+            )
+            text = jnp.concatenate([text, caption_embeds], axis=1)
+        return latents
+
     def generate(self, script: SampleScript) -> np.ndarray:
         """All scenes of ``script`` -> (S*F, H, W, 3) uint8 video."""
         s = self.video.num_scenes
@@ -128,21 +192,18 @@ class SamplingPipeline:
                 f"Give at least {s} scenes (more are added by scene extension)."
             )
         captions, negatives = script.captions, script.negatives
-        seed = script.sampler.seed
-        latents = generate(
-            self.model,
-            self.encode_captions(captions[:s]),
-            num_scenes=s,
-            latent_shape=self.latent_shape,
-            negative_text_embeds=self.encode_negatives(negatives[:s]),
-            seed=seed,
-            **self._options(script.sampler),
-        )
+        latents = self.sample_latents([captions[:s]], script.sampler, negatives[:s])
         if len(captions) > s:
-            latents = self._extend_latents(
-                latents, captions[:s], captions[s:], negatives[s:], script, seed_offset=1
+            latents = self.extend_latents(
+                latents,
+                [captions[:s]],
+                [captions[s:]],
+                script.sampler,
+                window=script.window,
+                negatives=negatives[s:],
+                seed_offset=1,
             )
-        return self.decode_latents(latents)
+        return self.decode_latents(latents)[0]
 
     def extend(
         self, video: np.ndarray, previous_captions: Sequence[str], script: SampleScript
@@ -154,37 +215,12 @@ class SamplingPipeline:
                 f"the video has {len(scenes)} scenes but {len(previous_captions)} captions were "
                 "given for them"
             )
-        latents = self.encode_video(video)
-        out = self._extend_latents(
-            latents, list(previous_captions), script.captions, script.negatives, script
+        latents = self.extend_latents(
+            self.encode_video(video),
+            [list(previous_captions)],
+            [script.captions],
+            script.sampler,
+            window=script.window,
+            negatives=script.negatives,
         )
-        return self.decode_latents(out)
-
-    def _extend_latents(
-        self,
-        latents: jax.Array,
-        previous: list[str],
-        new: Sequence[str],
-        negatives: Sequence[str | None],
-        script: SampleScript,
-        seed_offset: int = 0,
-    ) -> jax.Array:
-        window = script.window or self.video.num_scenes
-        text = self.encode_captions(previous)
-        key = jax.random.key(script.sampler.seed)
-        t, d = self.text_encoder.text_len, self.text_encoder.dim
-        for k, (caption, negative) in enumerate(zip(new, negatives)):
-            caption_embeds = self.encode_captions([caption])[0]  # (T, D)
-            neg = None if negative is None else self.encode_negatives([negative])[0]
-            latents = extend(
-                self.model,
-                latents,
-                caption_embeds,
-                scene_text=text,
-                window=window,
-                negative_text_embeds=neg,
-                seed=jax.random.fold_in(key, seed_offset + k),
-                **self._options(script.sampler),
-            )
-            text = jnp.concatenate([text, caption_embeds.reshape(1, t, d)], axis=1)
-        return latents
+        return self.decode_latents(latents)[0]
