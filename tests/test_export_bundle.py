@@ -1,0 +1,73 @@
+"""Bundle format: round trip (f32 / bf16), validation errors, no training needed."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from m2dit_jax.inference import bundle as bundle_lib
+from m2dit_jax.model import create_model, get_model_config
+
+ENCODERS = {
+    "text": {"kind": "hashed", "text_len": 8, "dim": 32, "seed": 0},
+    "video": {"kind": "space_to_depth", "patch_t": 1, "patch_s": 2},
+}
+VIDEO = {"num_scenes": 3, "frames": 2, "height": 8, "width": 8}
+
+
+@pytest.fixture(scope="module")
+def model():
+    config = get_model_config(
+        "tiny", num_layers=1, in_channels=12, out_channels=12, sample_height=4, sample_width=4
+    )
+    return create_model(config, seed=3)
+
+
+@pytest.mark.parametrize("dtype, tol", [("float32", 0.0), ("bfloat16", 1e-2)])
+def test_roundtrip(model, tmp_path, dtype, tol):
+    params = bundle_lib.flat_params(model)
+    out = bundle_lib.write_bundle(
+        str(tmp_path / "b"),
+        params,
+        model_config=model.config,
+        encoders=ENCODERS,
+        video=VIDEO,
+        weights_dtype=dtype,
+        schedule={"snr_shift_scale": 3.0},
+    )
+    loaded = bundle_lib.load_bundle(out)
+    assert loaded.meta["weights_dtype"] == dtype and loaded.meta["schedule"]["snr_shift_scale"] == 3
+    again = bundle_lib.flat_params(loaded.model)
+    for key, value in params.items():
+        assert again[key].dtype == np.float32
+        np.testing.assert_allclose(again[key], value, rtol=tol, atol=tol)
+    assert loaded.text_encoder.dim == 32 and loaded.autoencoder.latent_channels == 12
+    size = os.path.getsize(os.path.join(out, "model.safetensors"))
+    assert size < 4 * sum(v.size for v in params.values()) * (0.6 if dtype == "bfloat16" else 1.1)
+
+
+def test_bundle_errors(model, tmp_path):
+    params = bundle_lib.flat_params(model)
+    kwargs = dict(model_config=model.config, encoders=ENCODERS, video=VIDEO)
+    with pytest.raises(ValueError, match="weights_dtype"):
+        bundle_lib.write_bundle(str(tmp_path / "a"), params, weights_dtype="float16", **kwargs)
+    bad_text = {**ENCODERS, "text": {**ENCODERS["text"], "dim": 16}}
+    with pytest.raises(ValueError, match="does not match the model"):
+        bundle_lib.write_bundle(
+            str(tmp_path / "a"), params, model_config=model.config, encoders=bad_text, video=VIDEO
+        )
+    with pytest.raises(ValueError, match="not an inference bundle"):
+        bundle_lib.load_bundle(str(tmp_path))
+    # weights from another model size are refused with the offending keys named
+    out = bundle_lib.write_bundle(str(tmp_path / "c"), params, **kwargs)
+    cfg_path = os.path.join(out, "config.json")
+    config = json.load(open(cfg_path))
+    config["model"]["num_layers"] = 2
+    json.dump(config, open(cfg_path, "w"))
+    with pytest.raises(ValueError, match="missing"):
+        bundle_lib.load_bundle(out)
+    config["version"] = 99
+    json.dump(config, open(cfg_path, "w"))
+    with pytest.raises(ValueError, match="version 99"):
+        bundle_lib.load_bundle(out)
