@@ -41,15 +41,45 @@ class TrainingDiverged(RuntimeError):
     """Too many non-finite steps in a row; the last good state was checkpointed."""
 
 
-def _build_model(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
+# Model fields that describe how to run, not what the weights are: taken from our config when
+# the architecture comes from a diffusers folder.
+RUNTIME_MODEL_FIELDS = (
+    "dtype",
+    "param_dtype",
+    "remat",
+    "scan_layers",
+    "attention_backend",
+    "attention_options",
+    "text_pad_to",
+    "mask_mode",
+)
+
+
+def _build_model(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *, resuming: bool):
+    """The model born sharded on ``mesh``: converted CogVideoX weights when ``init_from`` names a
+    diffusers folder (skipped when resuming: the checkpoint overwrites them), else random init."""
     from m2dit_jax.model import create_model
 
     with jax.set_mesh(mesh):
-        model = create_model(config.model, seed=int(config.seed), mesh=mesh)
-        if config.init_from:
-            from m2dit_jax.convert import load_diffusers_transformer
+        if not config.init_from or resuming:
+            return create_model(config.model, seed=int(config.seed), mesh=mesh)
+        from m2dit_jax.convert import load_diffusers_transformer
 
-            load_diffusers_transformer(config.init_from, model=model)
+        runtime = {k: config.model[k] for k in RUNTIME_MODEL_FIELDS if k in config.model}
+        if "attention_options" in runtime:
+            runtime["attention_options"] = dict(runtime["attention_options"])
+        model = load_diffusers_transformer(config.init_from, mesh=mesh, **runtime)
+    loaded = model.config
+    mismatched = [
+        f"model.{k}={config.model[k]!r} but {config.init_from} has {loaded[k]!r}"
+        for k in config.model.keys()
+        if k in loaded
+        and k not in RUNTIME_MODEL_FIELDS
+        and loaded[k] != config.model[k]
+        and k not in ("sample_height", "sample_width", "sample_frames")
+    ]
+    if mismatched:
+        raise ValueError("init_from does not match the config: " + "; ".join(mismatched))
     return model
 
 
@@ -176,7 +206,11 @@ def train_and_evaluate(
     global_batch = int(t_cfg.batch_size)
     dataset_factory = dataset_factory or _default_dataset_factory
 
-    model = _build_model(config, mesh)
+    checkpoint_dir = os.path.join(workdir, "checkpoints")
+    resuming = os.path.isdir(checkpoint_dir) and any(
+        d.isdigit() for d in os.listdir(checkpoint_dir)
+    )
+    model = _build_model(config, mesh, resuming=resuming)
     parts, params = split_model(model)
     del model
     tx, lr_schedule = make_optimizer(config.optim, num_steps)
@@ -192,7 +226,7 @@ def train_and_evaluate(
         batch_size=distributed.local_batch_size(global_batch),
     )
     checkpointer = Checkpointer(
-        os.path.join(workdir, "checkpoints"),
+        checkpoint_dir,
         keep=int(t_cfg.keep_checkpoints),
         async_save=bool(t_cfg.async_checkpointing),
     )

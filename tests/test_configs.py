@@ -1,0 +1,64 @@
+"""Every shipped config loads, documents its command and passes the pre-compile checks."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+from m2dit_jax.train import ConfigError, check_config, model_layout
+
+CONFIGS = [
+    "shapes_tiny",
+    "mask2dit_2b_pretrain",
+    "mask2dit_2b_sft",
+    "mask2dit_5b_pretrain",
+    "mask2dit_5b_sft",
+]
+
+
+def _load(name):
+    module = importlib.import_module(f"configs.{name}")
+    return module, module.get_config()
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_loads_and_documents_its_command(name):
+    module, config = _load(name)
+    assert f"python -m launch.train --config configs/{name}.py" in module.__doc__
+    assert config.name == name
+
+
+def test_shapes_tiny_is_the_demo_pilot():
+    _, c = _load("shapes_tiny")
+    assert check_config(c, num_devices=1)["fsdp"] == 1
+    layout = model_layout(c)
+    assert (layout.num_scenes, layout.seq_len) == (3, 120)
+    assert c.model.num_heads * c.model.head_dim == 128 and c.model.num_layers == 4
+    assert c.train.batch_size == 32 and c.optim.learning_rate == 1e-3
+    assert c.model.dtype == "float32" and c.model.in_channels == 24
+
+
+@pytest.mark.parametrize("name", [n for n in CONFIGS if n.startswith("mask2dit")])
+def test_release_configs_follow_the_recipe(name):
+    _, c = _load(name)
+    o = c.optim
+    assert (o.learning_rate, o.warmup_steps, o.weight_decay, o.eps) == (1e-5, 100, 0.03, 1e-10)
+    assert (o.b1, o.b2, o.schedule) == (0.9, 0.999, "constant")
+    assert c.model.dtype == "bfloat16" and c.model.remat == "full"
+    assert c.train.batch_size == 8
+    sft = name.endswith("sft")
+    assert c.data.p_cond == (0.5 if sft else 0.0) and c.data.stage == (2 if sft else 1)
+    assert model_layout(c).seq_len == 3 * 226 + 3 * 13 * 30 * 45  # 53,328
+    is_5b = "5b" in name
+    assert c.model.num_layers == (42 if is_5b else 30)
+    assert c.diffusion.snr_shift_scale == (1.0 if is_5b else 3.0)
+    c.data.path = "/data/latents"
+    assert check_config(c, num_devices=8)["fsdp"] == 8  # the release's 8 GPUs
+    with pytest.raises(ConfigError, match="mesh.data\\*mesh.fsdp=64"):
+        check_config(c, num_devices=64, process_count=8)  # batch 8 cannot fill 64 DP ranks
+    c.mesh.update(dict(fsdp=-1, context=8))  # 64 chips: 8-way FSDP x 8-way context
+    assert check_config(c, num_devices=64, process_count=8)["fsdp"] == 8
+    c.mesh.update(dict(fsdp=2, context=1, tensor=-1))
+    with pytest.raises(ConfigError, match="mesh.tensor=32"):
+        check_config(c, num_devices=64)
