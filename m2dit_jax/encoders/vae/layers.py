@@ -17,18 +17,22 @@ from flax import nnx
 Cache = dict  # nested {name: array | Cache}
 
 
-def _uniform(rngs: nnx.Rngs, shape, fan_in: int, dtype) -> jax.Array:
+def _uniform(rng: np.random.Generator | None, shape, fan_in: int, dtype) -> jax.Array:
+    # numpy, not jax.random: an eager jax.random call compiles once per new shape, which made
+    # building even the tiny VAE take seconds. The VAE is frozen; this init only serves tests.
+    if rng is None:  # placeholder for weights about to be loaded
+        return jnp.asarray(np.zeros(shape, np.float32), dtype)
     bound = 1.0 / np.sqrt(fan_in)
-    return jax.random.uniform(rngs.params(), shape, dtype, -bound, bound)
+    return jnp.asarray(rng.uniform(-bound, bound, shape).astype(np.float32), dtype)
 
 
 class Conv(nnx.Module):
     """N-d convolution with torch-style names: weight (*k, I, O), bias (O,)."""
 
-    def __init__(self, cin: int, cout: int, kernel: tuple[int, ...], *, rngs, dtype, param_dtype):
+    def __init__(self, cin: int, cout: int, kernel: tuple[int, ...], *, rng, dtype, param_dtype):
         fan_in = cin * int(np.prod(kernel))
-        self.weight = nnx.Param(_uniform(rngs, (*kernel, cin, cout), fan_in, param_dtype))
-        self.bias = nnx.Param(_uniform(rngs, (cout,), fan_in, param_dtype))
+        self.weight = nnx.Param(_uniform(rng, (*kernel, cin, cout), fan_in, param_dtype))
+        self.bias = nnx.Param(_uniform(rng, (cout,), fan_in, param_dtype))
         self.dtype = dtype
 
     def __call__(self, x: jax.Array, *, stride=None, padding="VALID") -> jax.Array:
@@ -49,9 +53,9 @@ class Conv(nnx.Module):
 class CausalConv3d(nnx.Module):
     """Temporally causal 3D conv (B, T, H, W, Cin) -> (B, T, H, W, Cout), zero spatial pad."""
 
-    def __init__(self, cin: int, cout: int, kernel: int = 3, *, rngs, dtype, param_dtype):
+    def __init__(self, cin: int, cout: int, kernel: int = 3, *, rng, dtype, param_dtype):
         self.kernel = kernel
-        self.conv = Conv(cin, cout, (kernel,) * 3, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+        self.conv = Conv(cin, cout, (kernel,) * 3, rng=rng, dtype=dtype, param_dtype=param_dtype)
 
     def __call__(self, x: jax.Array, cache: jax.Array | None = None):
         """Returns (output, cache for the next chunk; None for 1x1x1 kernels)."""
@@ -73,8 +77,8 @@ class GroupNorm(nnx.Module):
         if channels % groups:
             raise ValueError(f"GroupNorm: {channels} channels not divisible by {groups} groups")
         self.groups, self.eps = groups, eps
-        self.weight = nnx.Param(jnp.ones((channels,), param_dtype))
-        self.bias = nnx.Param(jnp.zeros((channels,), param_dtype))
+        self.weight = nnx.Param(jnp.asarray(np.ones((channels,), np.float32), param_dtype))
+        self.bias = nnx.Param(jnp.asarray(np.zeros((channels,), np.float32), param_dtype))
 
     def __call__(self, x: jax.Array) -> jax.Array:
         shape = x.shape
@@ -106,8 +110,8 @@ def nearest_resize_thw(z: jax.Array, t: int, h: int, w: int) -> jax.Array:
 class SpatialNorm3D(nnx.Module):
     """Decoder norm conditioned on the latents zq: GroupNorm(f) * conv_y(zq) + conv_b(zq)."""
 
-    def __init__(self, f_channels: int, zq_channels: int, groups: int, *, rngs, dtype, param_dtype):
-        kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+    def __init__(self, f_channels: int, zq_channels: int, groups: int, *, rng, dtype, param_dtype):
+        kw = dict(rng=rng, dtype=dtype, param_dtype=param_dtype)
         self.norm_layer = GroupNorm(groups, f_channels, 1e-6, param_dtype=param_dtype)
         self.conv_y = CausalConv3d(zq_channels, f_channels, 1, **kw)
         self.conv_b = CausalConv3d(zq_channels, f_channels, 1, **kw)
@@ -137,11 +141,11 @@ class ResnetBlock3D(nnx.Module):
         groups: int,
         eps: float,
         zq_channels: int | None,
-        rngs,
+        rng,
         dtype,
         param_dtype,
     ):
-        kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+        kw = dict(rng=rng, dtype=dtype, param_dtype=param_dtype)
         if zq_channels is None:
             self.norm1 = GroupNorm(groups, cin, eps, param_dtype=param_dtype)
             self.norm2 = GroupNorm(groups, cout, eps, param_dtype=param_dtype)
@@ -173,11 +177,9 @@ class ResnetBlock3D(nnx.Module):
 class Downsample3D(nnx.Module):
     """Optional 2x temporal average pool (first frame kept), then a stride-2 3x3 conv."""
 
-    def __init__(self, channels: int, compress_time: bool, *, rngs, dtype, param_dtype):
+    def __init__(self, channels: int, compress_time: bool, *, rng, dtype, param_dtype):
         self.compress_time = compress_time
-        self.conv = Conv(
-            channels, channels, (3, 3), rngs=rngs, dtype=dtype, param_dtype=param_dtype
-        )
+        self.conv = Conv(channels, channels, (3, 3), rng=rng, dtype=dtype, param_dtype=param_dtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         if self.compress_time:
@@ -205,11 +207,9 @@ class Upsample3D(nnx.Module):
     """Nearest 2x upsampling (time too when ``compress_time``, first frame kept single),
     then a 3x3 conv per frame."""
 
-    def __init__(self, channels: int, compress_time: bool, *, rngs, dtype, param_dtype):
+    def __init__(self, channels: int, compress_time: bool, *, rng, dtype, param_dtype):
         self.compress_time = compress_time
-        self.conv = Conv(
-            channels, channels, (3, 3), rngs=rngs, dtype=dtype, param_dtype=param_dtype
-        )
+        self.conv = Conv(channels, channels, (3, 3), rng=rng, dtype=dtype, param_dtype=param_dtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         up_hw = lambda v: jnp.repeat(jnp.repeat(v, 2, axis=2), 2, axis=3)

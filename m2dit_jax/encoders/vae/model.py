@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from m2dit_jax.encoders.vae.config import VAEConfig, chunk_bounds
@@ -50,8 +51,8 @@ class _Blocks(nnx.Module):
 class Encoder3D(nnx.Module):
     """(B, T, H, W, 3) -> (B, T', H/8, W/8, 2 * latent_channels) moments, one chunk."""
 
-    def __init__(self, cfg: VAEConfig, *, rngs, dtype, param_dtype):
-        kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+    def __init__(self, cfg: VAEConfig, *, rng, dtype, param_dtype):
+        kw = dict(rng=rng, dtype=dtype, param_dtype=param_dtype)
         res = dict(groups=cfg.norm_num_groups, eps=cfg.norm_eps, zq_channels=None, **kw)
         chans = cfg.block_out_channels
         self.conv_in = CausalConv3d(cfg.in_channels, chans[0], 3, **kw)
@@ -87,8 +88,8 @@ class Encoder3D(nnx.Module):
 class Decoder3D(nnx.Module):
     """(B, t, h, w, latent_channels) -> (B, T, 8h, 8w, 3), one chunk."""
 
-    def __init__(self, cfg: VAEConfig, *, rngs, dtype, param_dtype):
-        kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+    def __init__(self, cfg: VAEConfig, *, rng, dtype, param_dtype):
+        kw = dict(rng=rng, dtype=dtype, param_dtype=param_dtype)
         zc = cfg.latent_channels
         res = dict(groups=cfg.norm_num_groups, eps=cfg.norm_eps, zq_channels=zc, **kw)
         chans = tuple(reversed(cfg.block_out_channels))
@@ -153,6 +154,8 @@ class CogVideoXVAE(nnx.Module):
       ``key`` is given) times ``scaling_factor`` (minus ``shift_factor`` first, if set).
     - ``decode(latents)``: diffusion latents -> video in [-1, 1] (undoes the scaling).
     - ``decode_raw(z)``: unscaled latents -> video (diffusers ``vae.decode``).
+    ``seed`` draws a random init (PyTorch's default uniform fan-in bounds) for tests; real
+    weights come from ``load_diffusers_vae`` (which builds with ``seed=None``: zeros).
     Pass ``tiling=SpatialTiling(...)`` to any of them to process large frames in overlapping
     spatial tiles, blended like diffusers' ``enable_tiling``.
     """
@@ -161,14 +164,14 @@ class CogVideoXVAE(nnx.Module):
         self,
         config: VAEConfig,
         *,
-        rngs: nnx.Rngs | None = None,
+        seed: int | None = 0,
         dtype=jnp.float32,
         param_dtype=jnp.float32,
     ):
-        rngs = rngs if rngs is not None else nnx.Rngs(0)
+        rng = np.random.default_rng(seed) if seed is not None else None
         self.config = config
         self.dtype = dtype
-        kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+        kw = dict(rng=rng, dtype=dtype, param_dtype=param_dtype)
         self.encoder = Encoder3D(config, **kw)
         self.decoder = Decoder3D(config, **kw)
 

@@ -6,7 +6,6 @@ import os
 
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from m2dit_jax.encoders.vae.config import VAEConfig
 from m2dit_jax.encoders.vae.model import CogVideoXVAE
@@ -33,16 +32,6 @@ def load_diffusers_vae(
     ):
         path = os.path.join(path, "vae")
     config = VAEConfig.from_diffusers(read_config(path))
-    vae = nnx.eval_shape(
-        lambda: CogVideoXVAE(config, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype)
-    )
-    _materialize(vae, param_dtype)
+    vae = CogVideoXVAE(config, seed=None, dtype=dtype, param_dtype=param_dtype)
     load_vae_state(vae, load_safetensors(path), param_dtype)
     return vae
-
-
-def _materialize(module: nnx.Module, param_dtype) -> None:
-    """Replace abstract (eval_shape) params by zeros so loading never runs a random init."""
-    for _, var in nnx.graph.iter_graph(module):
-        if isinstance(var, nnx.Param):
-            var.set_value(jnp.zeros(var.shape, param_dtype))
