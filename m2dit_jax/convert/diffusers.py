@@ -57,22 +57,59 @@ def _short(names) -> str:
     return ", ".join(names[:10]) + more
 
 
+# Fields that define the architecture (and therefore the tensors): must agree for model=.
+_ARCH_FIELDS = (
+    "num_layers",
+    "num_heads",
+    "head_dim",
+    "in_channels",
+    "out_channels",
+    "patch_size",
+    "text_dim",
+    "time_embed_dim",
+    "positions",
+    "mlp_ratio",
+)
+
+
 def load_diffusers_transformer(
-    path: str, *, mesh: Mesh | None = None, **config_overrides
+    path: str,
+    *,
+    mesh: Mesh | None = None,
+    model: Mask2DiT | None = None,
+    **config_overrides,
 ) -> Mask2DiT:
-    """Builds a Mask2DiT from a diffusers transformer folder (or pipeline root).
+    """Builds (or fills) a Mask2DiT from a diffusers transformer folder (or pipeline root).
 
     Args:
       path: folder with config.json + diffusion_pytorch_model*.safetensors (or its parent).
       mesh: place every parameter directly onto this mesh with its logical sharding.
+      model: an existing Mask2DiT (e.g. from ``create_model(..., mesh=...)``) to load into,
+        in place, keeping each parameter's current sharding; its config must describe the same
+        architecture. Returned as well.
       config_overrides: runtime fields of our config (dtype, remat, scan_layers,
-        attention_backend, text_pad_to, ...).
+        attention_backend, text_pad_to, ...) when building a new model.
     Raises:
-      ValueError naming missing / unexpected / mis-shaped tensors or unsupported config values.
+      ValueError naming missing / unexpected / mis-shaped tensors, unsupported config values or
+      architecture fields that differ from ``model``'s.
     """
     folder = resolve_transformer_folder(path)
     with open(os.path.join(folder, CONFIG_NAME)) as f:
-        config = config_from_diffusers(json.load(f), **config_overrides)
+        diffusers_config = json.load(f)
+    if model is not None:
+        if config_overrides or mesh is not None:
+            raise ValueError("load_diffusers_transformer: pass either model= or mesh/overrides")
+        config = model.config
+        theirs = config_from_diffusers(diffusers_config)
+        differ = [
+            f"{k}: checkpoint {theirs[k]!r} vs model {config[k]!r}"
+            for k in _ARCH_FIELDS
+            if theirs[k] != config[k]
+        ]
+        if differ:
+            raise ValueError(f"checkpoint {folder} does not fit the model: {'; '.join(differ)}")
+    else:
+        config = config_from_diffusers(diffusers_config, **config_overrides)
     reader = SafetensorsFolder(folder)
     table = rules(config)
     expected = {n for r in table for n in _names(r, config.num_layers)}
@@ -84,12 +121,18 @@ def load_diffusers_transformer(
             f"missing tensors [{_short(missing)}]; unexpected tensors [{_short(unexpected)}]"
         )
 
-    abstract = nnx.eval_shape(lambda: Mask2DiT(config, rngs=nnx.Rngs(0)))
-    graphdef, abstract_state = nnx.split(abstract)
-    shardings = param_shardings(abstract_state, mesh) if mesh is not None else None
+    if model is not None:
+        graphdef, target_state = None, nnx.state(model, nnx.Param)
+        targets = dict(nnx.to_flat_state(target_state))
+        shardings = {k: v.get_value().sharding for k, v in targets.items()}
+    else:
+        abstract = nnx.eval_shape(lambda: Mask2DiT(config, rngs=nnx.Rngs(0)))
+        graphdef, target_state = nnx.split(abstract)
+        targets = dict(nnx.to_flat_state(target_state))
+        shardings = {}
+        if mesh is not None:
+            shardings = dict(nnx.to_flat_state(param_shardings(target_state, mesh)))
     param_dtype = np.dtype(jnp.dtype(config.param_dtype))
-    flat_abstract = dict(nnx.to_flat_state(abstract_state))
-    flat_shardings = dict(nnx.to_flat_state(shardings)) if shardings is not None else {}
     values = {}
 
     def convert(rule: Rule, name: str, want: tuple) -> np.ndarray:
@@ -102,16 +145,14 @@ def load_diffusers_transformer(
         return np.ascontiguousarray(array, dtype=param_dtype)
 
     def place(key: tuple, host: np.ndarray) -> jax.Array:
-        if key in flat_shardings:
-            sharding = flat_shardings[key]
-            sharding = sharding.get_value() if isinstance(sharding, nnx.Variable) else sharding
-            return jax.device_put(host, sharding)
+        if key in shardings:
+            return jax.device_put(host, shardings[key])
         return jnp.asarray(host)
 
     for rule in table:
         if rule.per_block and config.scan_layers:
             key = _our_path(rule, 0, True)
-            want = flat_abstract[key].shape
+            want = targets[key].shape
             host = np.stack(
                 [convert(rule, name, want[1:]) for name in _names(rule, config.num_layers)]
             )
@@ -120,9 +161,13 @@ def load_diffusers_transformer(
             continue
         for layer, name in enumerate(_names(rule, config.num_layers)):
             key = _our_path(rule, layer if rule.per_block else None, config.scan_layers)
-            values[key] = place(key, convert(rule, name, flat_abstract[key].shape))
+            values[key] = place(key, convert(rule, name, targets[key].shape))
 
-    state = nnx.from_flat_state([(k, v.replace(values[k])) for k, v in flat_abstract.items()])
+    if model is not None:
+        for key, variable in targets.items():
+            variable.set_value(values[key])
+        return model
+    state = nnx.from_flat_state([(k, v.replace(values[k])) for k, v in targets.items()])
     return nnx.merge(graphdef, state)
 
 
