@@ -62,11 +62,12 @@ def load_safetensors(folder: str | os.PathLike) -> dict[str, np.ndarray]:
     return tensors
 
 
-def torch_to_jax_layout(name: str, value: np.ndarray) -> np.ndarray:
-    """Torch layout -> ours: conv (O, I, *k) -> (*k, I, O); linear (O, I) -> (I, O)."""
+def torch_to_jax_layout(value: np.ndarray, *, is_embedding: bool = False) -> np.ndarray:
+    """Torch layout -> ours: conv (O, I, *k) -> (*k, I, O); linear (O, I) -> (I, O);
+    embedding tables (N, D) unchanged."""
     if value.ndim >= 3:
         return np.transpose(value, tuple(range(2, value.ndim)) + (1, 0))
-    if value.ndim == 2 and not name.endswith("embed_tokens.weight"):
+    if value.ndim == 2 and not is_embedding:
         return value.T
     return value
 
@@ -86,11 +87,13 @@ def assign_torch_state(
     *,
     what: str,
     rename: Callable[[str], str | None] = lambda k: k,
+    is_embedding: Callable[[str], bool] = lambda name: False,
     param_dtype=jnp.float32,
 ) -> None:
     """Copy a torch state dict into ``module`` in place, converting layouts.
 
-    ``rename`` maps a checkpoint key to the module's dotted name (None = ignore the key).
+    ``rename`` maps a checkpoint key to the module's dotted name (None = ignore the key);
+    ``is_embedding(name)`` marks (N, D) lookup tables that keep their layout.
     Raises ValueError naming missing keys, unexpected keys and shape mismatches.
     """
     params = param_names(module)
@@ -112,7 +115,7 @@ def assign_torch_state(
         problems.append(f"unexpected keys {sorted(unexpected)}")
     converted = {}
     for name, value in renamed.items():
-        value = torch_to_jax_layout(name, np.asarray(value))
+        value = torch_to_jax_layout(np.asarray(value), is_embedding=is_embedding(name))
         want = tuple(params[name][...].shape)
         if tuple(value.shape) != want:
             problems.append(f"{name}: checkpoint shape {value.shape} (converted) != model {want}")
