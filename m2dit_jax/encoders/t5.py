@@ -25,7 +25,12 @@ import numpy as np
 from flax import nnx
 
 from m2dit_jax.encoders.tokenizer import COGVIDEOX_TEXT_LEN, T5Tokenizer
-from m2dit_jax.encoders.weights_io import assign_torch_state, load_safetensors, read_config
+from m2dit_jax.encoders.weights_io import (
+    assign_torch_state,
+    load_safetensors,
+    read_config,
+    save_torch_state,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -218,6 +223,30 @@ def _t5_rename(tensors: Mapping[str, np.ndarray]):
     return rename
 
 
+def _is_t5_table(name: str) -> bool:
+    return name == "shared.weight" or "relative_attention_bias" in name
+
+
+def save_t5_encoder(model: T5Encoder, path: str | os.PathLike) -> None:
+    """Write ``model`` as a transformers ``text_encoder/`` folder (T5EncoderModel, f32)."""
+    cfg = dataclasses.asdict(model.config)
+    config = {
+        "architectures": ["T5EncoderModel"],
+        "model_type": "t5",
+        **cfg,
+        "dense_act_fn": "gelu_new",
+        "is_gated_act": True,
+        "is_encoder_decoder": False,
+        "use_cache": False,
+        "tie_word_embeddings": False,
+        "pad_token_id": 0,
+        "eos_token_id": 1,
+    }
+    save_torch_state(
+        model, path, config, weights_name="model.safetensors", is_embedding=_is_t5_table
+    )
+
+
 def load_t5_encoder(
     path: str | os.PathLike, *, dtype=jnp.float32, param_dtype=jnp.float32
 ) -> T5Encoder:
@@ -235,7 +264,7 @@ def load_t5_encoder(
         tensors,
         what="T5 encoder",
         rename=_t5_rename(tensors),
-        is_embedding=lambda name: name == "shared.weight" or "relative_attention_bias" in name,
+        is_embedding=_is_t5_table,
         param_dtype=param_dtype,
     )
     return model

@@ -124,3 +124,37 @@ def assign_torch_state(
         raise ValueError(f"{what} checkpoint does not match the model: " + "; ".join(problems))
     for name, value in converted.items():
         params[name][...] = jnp.asarray(value.astype(np.float32), dtype=param_dtype)
+
+
+def jax_to_torch_layout(value: np.ndarray, *, is_embedding: bool = False) -> np.ndarray:
+    """Inverse of ``torch_to_jax_layout``."""
+    if value.ndim >= 3:
+        return np.transpose(value, (value.ndim - 1, value.ndim - 2) + tuple(range(value.ndim - 2)))
+    if value.ndim == 2 and not is_embedding:
+        return value.T
+    return value
+
+
+def save_torch_state(
+    module: nnx.Module,
+    folder: str | os.PathLike,
+    config: Mapping,
+    *,
+    weights_name: str,
+    is_embedding: Callable[[str], bool] = lambda name: False,
+) -> None:
+    """Write ``module`` as a PyTorch-layout folder: ``config.json`` + one safetensors file
+    (float32), loadable by diffusers/transformers and by our loaders."""
+    from safetensors.numpy import save_file
+
+    folder = os.fspath(folder)
+    os.makedirs(folder, exist_ok=True)
+    tensors = {
+        name: np.ascontiguousarray(
+            jax_to_torch_layout(np.asarray(var[...], np.float32), is_embedding=is_embedding(name))
+        )
+        for name, var in param_names(module).items()
+    }
+    save_file(tensors, os.path.join(folder, weights_name), metadata={"format": "pt"})
+    with open(os.path.join(folder, "config.json"), "w") as f:
+        json.dump(dict(config), f, indent=2)
