@@ -14,6 +14,7 @@ outputs are real embeddings the DiT was trained on); ``attend_to_padding=False``
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -275,7 +276,8 @@ class T5TextEncoder:
     (embeds (N, text_len, d_model) float32, mask (N, text_len) bool).
 
     Captions are encoded in jitted batches of ``batch_size`` (the last one padded), so only
-    one program is compiled whatever N is.
+    one program is compiled whatever N is. With ``mesh``, each batch is split over all of the
+    mesh's devices (weights replicated; ``batch_size`` rounded up to a multiple of them).
     """
 
     def __init__(
@@ -285,18 +287,29 @@ class T5TextEncoder:
         *,
         batch_size: int = 8,
         attend_to_padding: bool = True,
+        mesh: jax.sharding.Mesh | None = None,
     ):
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.model, self.tokenizer = model, tokenizer
         self.text_len = tokenizer.max_length
         self.dim = model.config.d_model
-        self.batch_size = batch_size
         self.attend_to_padding = attend_to_padding
         graphdef, state = nnx.split(model)
+        shardings = {}
+        if mesh is not None:
+            # Data parallel over every mesh axis: captions split, weights replicated.
+            axes = tuple(mesh.axis_names)
+            size = int(np.prod([mesh.shape[a] for a in axes]))
+            batch_size = -(-batch_size // size) * size
+            rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axes))
+            replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+            state = jax.device_put(state, replicated)
+            shardings = dict(in_shardings=(replicated, rows, rows), out_shardings=rows)
+        self.batch_size = batch_size
         self._state = state
 
-        @jax.jit
+        @functools.partial(jax.jit, **shardings)
         def forward(state, ids, mask):
             m = nnx.merge(graphdef, state)
             return m(ids, None if attend_to_padding else mask)
