@@ -57,8 +57,14 @@ def test_release_configs_follow_the_recipe(name):
     assert check_config(c, num_devices=8)["fsdp"] == 8  # the release's 8 GPUs
     with pytest.raises(ConfigError, match="mesh.data\\*mesh.fsdp=64"):
         check_config(c, num_devices=64, process_count=8)  # batch 8 cannot fill 64 DP ranks
-    c.mesh.update(dict(fsdp=-1, context=8))  # 64 chips: 8-way FSDP x 8-way context
-    assert check_config(c, num_devices=64, process_count=8)["fsdp"] == 8
+    # More chips than samples: shard the 53k-token sequence (Ulysses needs heads % context == 0).
+    context, devices = (8, 64) if is_5b else (2, 16)
+    c.mesh.update(dict(fsdp=-1, context=context))
+    assert check_config(c, num_devices=devices, process_count=devices // 8)["fsdp"] == 8
+    c.mesh.update(dict(fsdp=2, context=4))
+    if not is_5b:
+        with pytest.raises(ConfigError, match="mesh.tensor\\*mesh.context=4"):
+            check_config(c, num_devices=8)
     c.mesh.update(dict(fsdp=2, context=1, tensor=-1))
     with pytest.raises(ConfigError, match="mesh.tensor=32"):
         check_config(c, num_devices=64)

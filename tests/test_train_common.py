@@ -16,8 +16,9 @@ from m2dit_jax.train import ConfigError, check_config, default_trainer_config
 COMPILE_CACHE = os.path.join(tempfile.gettempdir(), f"m2dit_train_test_cache_{os.getuid()}")
 
 
-def tiny_config(**train_overrides):
-    """2 scenes x 2 frames of 8x8 px -> 24 tokens/sample; a 1-layer 2-head model; batch 8."""
+def tiny_config(heads: int = 2, **train_overrides):
+    """2 scenes x 2 frames of 8x8 px -> 24 tokens/sample; a 1-layer model with ``heads`` heads
+    of 16; batch 8."""
     config = default_trainer_config()
     config.name = "test_tiny"
     config.data = default_data_config()
@@ -39,7 +40,7 @@ def tiny_config(**train_overrides):
     config.model = get_model_config(
         "tiny",
         num_layers=1,
-        num_heads=2,
+        num_heads=heads,
         head_dim=16,
         in_channels=12,
         out_channels=12,
@@ -102,6 +103,12 @@ def test_heads_not_divisible_by_tensor_names_fields():
     config = tiny_config()
     config.mesh.update(dict(fsdp=2, tensor=4))
     assert "model.num_heads=2 is not divisible by mesh.tensor=4" in _message(config)
+
+
+def test_context_parallelism_needs_heads_divisible_by_tensor_times_context():
+    config = tiny_config()
+    config.mesh.update(dict(fsdp=2, context=2, tensor=2))
+    assert "model.num_heads=2 is not divisible by mesh.tensor*mesh.context=4" in _message(config)
 
 
 def test_sequence_not_divisible_by_context_names_fields():

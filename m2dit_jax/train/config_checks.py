@@ -193,6 +193,11 @@ def check_config(
         errors.append(
             f"model.num_heads={m.num_heads} is not divisible by mesh.tensor={mesh['tensor']}"
         )
+    elif mesh is not None and int(m.num_heads) % (mesh["tensor"] * mesh["context"]):
+        errors.append(
+            f"model.num_heads={m.num_heads} is not divisible by mesh.tensor*mesh.context="
+            f"{mesh['tensor'] * mesh['context']} (context parallelism redistributes heads)"
+        )
 
     # Sequence layout and the context axis.
     try:

@@ -65,6 +65,21 @@ def state_shardings(params: Any, tx: optax.GradientTransformation, mesh: Mesh) -
     }
 
 
+def _state_builder(tx: optax.GradientTransformation, seed: int):
+    def build(p):
+        return {
+            "step": jnp.zeros((), jnp.int32),
+            "params": p,
+            "opt_state": tx.init(p),
+            # A distinct buffer: the EMA must never alias the trained params.
+            "ema": jax.tree.map(lambda x: x + jnp.zeros((), x.dtype), p),
+            "rng": jax.random.key_data(jax.random.key(seed)),
+            "nonfinite": {"total": jnp.zeros((), jnp.int32), "run": jnp.zeros((), jnp.int32)},
+        }
+
+    return build
+
+
 def init_train_state(
     params: Any, tx: optax.GradientTransformation, mesh: Mesh, seed: int
 ) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -74,20 +89,18 @@ def init_train_state(
     with out_shardings), never as a host copy.
     """
     shardings = state_shardings(params, tx, mesh)
-
-    def build(p):
-        return {
-            "step": jnp.zeros((), jnp.int32),
-            "params": p,
-            "opt_state": tx.init(p),
-            # A distinct buffer: the EMA must never alias the trained params.
-            "ema": jax.tree.map(lambda x: x.astype(x.dtype) + jnp.zeros((), x.dtype), p),
-            "rng": jax.random.key_data(jax.random.key(seed)),
-            "nonfinite": {"total": jnp.zeros((), jnp.int32), "run": jnp.zeros((), jnp.int32)},
-        }
-
-    state = jax.jit(build, out_shardings=shardings)(params)
+    state = jax.jit(_state_builder(tx, seed), out_shardings=shardings)(params)
     return state, shardings
+
+
+def abstract_train_state(
+    abstract_params: Any, tx: optax.GradientTransformation, mesh: Mesh
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(ShapeDtypeStruct state with shardings, shardings) from ShapeDtypeStruct params that
+    carry their shardings: nothing is allocated (ahead-of-time compilation, restore targets)."""
+    shardings = state_shardings(abstract_params, tx, mesh)
+    shapes = jax.eval_shape(_state_builder(tx, 0), abstract_params)
+    return abstract_state(shapes, shardings), shardings
 
 
 def abstract_state(state: Any, shardings: Any) -> Any:
