@@ -3,9 +3,9 @@
 For each L (3 scenes, 226-token captions, 30 x 45 latent grid, growing frame count) prints the
 compiled temporary memory (``memory_analysis().temp_size_in_bytes``) and the median forward
 wall time of: ``xla`` (dense mask, while L <= 16,384), ``split``, and plain unmasked attention
-of the same size (the speed of light for this mask: ``jax.nn.dot_product_attention`` where
-the logits fit, else the same chunked online softmax without a mask). Then the memory ratio
-at 2x L and splash's block statistics at the 5B layout.
+of the same size (the speed of light for this mask: cuDNN ``jax.nn.dot_product_attention`` on
+GPU, elsewhere the same chunked online softmax ``split`` uses, without a mask). Then the memory
+ratio at 2x L and splash's block statistics at the 5B layout.
 
     .venv/bin/python benchmarks/attention.py                 # CPU default (~few minutes)
     .venv/bin/python benchmarks/attention.py --frames 1 2 4 8 13 --heads 2 --dtype bfloat16
@@ -26,12 +26,8 @@ from m2dit_jax.attention.online_softmax import chunked_attention
 from m2dit_jax.attention.splash import block_statistics
 from m2dit_jax.layout import DENSE_MASK_LIMIT, SceneLayout
 
-UNMASKED_DENSE_LIMIT = 20_000  # above this the unmasked reference uses the chunked kernel
-
 
 def _unmasked(q, k, v, scale):
-    if q.shape[1] <= UNMASKED_DENSE_LIMIT and jax.devices()[0].platform == "cpu":
-        return jax.nn.dot_product_attention(q, k, v, scale=scale, implementation="xla")
     if jax.devices()[0].platform == "gpu":
         return jax.nn.dot_product_attention(q, k, v, scale=scale, implementation="cudnn")
     return chunked_attention(q, k, v, scale=scale)[0]
