@@ -40,12 +40,21 @@ def _load(torch_model, tmp_path, name, **overrides):
     return load_diffusers_transformer(str(folder), **overrides)
 
 
+@pytest.fixture(scope="module")
+def single_scene_models(tmp_path_factory):
+    """positions -> (torch model, our model loaded from its sharded save_pretrained folder)."""
+    out = {}
+    for positions in ("rope", "sincos"):
+        torch_model = random_diffusers_transformer(positions)
+        out[positions] = (torch_model, _load(torch_model, tmp_path_factory.mktemp(positions), "t"))
+    return out
+
+
 @pytest.mark.parametrize("positions", ["rope", "sincos"])
 @pytest.mark.parametrize("latent_hw", [(8, 8), (8, 12), (12, 8), (4, 6)])
-def test_single_scene_matches_diffusers(tmp_path, positions, latent_hw):
+def test_single_scene_matches_diffusers(single_scene_models, positions, latent_hw):
     h, w = latent_hw  # (8, 8) is the sample grid; the others take fractional RoPE positions
-    torch_model = random_diffusers_transformer(positions)
-    model = _load(torch_model, tmp_path, "t")
+    torch_model, model = single_scene_models[positions]
     latents, text, t = _inputs(0, 2, 2, h, w, TINY["max_text_seq_length"])
     rope = diffusers_rope(torch_model, 2, h, w) if positions == "rope" else None
     want = run_diffusers(torch_model, latents, text, t, rope=rope)
