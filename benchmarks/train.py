@@ -1,0 +1,165 @@
+"""Train-step throughput: step time, video tokens/s and MFU for a config.
+
+    python benchmarks/train.py                       # shapes_tiny and a medium variant on CPU
+    python benchmarks/train.py --configs medium --steps 20 --dtype bfloat16
+    python benchmarks/train.py --configs 2b --tokens_scale 0.25   # accelerators: the 2B model
+
+Times the compiled train step alone (random device-resident batches, so the data pipeline is
+excluded; the full loop's step time is in metrics.jsonl of any run). MFU = model FLOPs
+(``m2dit_jax.model.flops``: 6N-style matmuls + dense attention, remat not counted) / elapsed /
+peak, with the peak from the device table or, on CPU, a measured f32 matmul rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import jax
+import numpy as np
+
+
+def bench_config(name: str, dtype: str, tokens_scale: float):
+    from configs.release_recipe import release_config
+    from configs.shapes_tiny import get_config
+
+    if name == "tiny":
+        config = get_config()
+    elif name == "medium":  # 792 tokens/sample, width 256, 8 layers
+        config = get_config()
+        config.data.update(dict(frames=8, height=32, width=32))
+        config.model.update(
+            dict(
+                num_layers=8,
+                num_heads=8,
+                head_dim=32,
+                sample_frames=4,
+                sample_height=16,
+                sample_width=16,
+                time_embed_dim=256,
+            )
+        )
+        config.train.batch_size = 8
+    elif name in ("2b", "5b"):
+        config = release_config(f"cogvideox_{name}", stage=1, name=f"mask2dit_{name}")
+        config.data.path = "unused"
+        frames = max(1, round(13 * tokens_scale))
+        config.model.sample_frames = frames
+        config.train.batch_size = jax.device_count()
+    else:
+        raise ValueError(f"unknown benchmark config {name!r}: tiny | medium | 2b | 5b")
+    config.model.dtype = dtype if name in ("tiny", "medium") else config.model.dtype
+    config.mesh.update(dict(data=1, fsdp=-1, context=1, tensor=1, num_devices=0))
+    return config
+
+
+def run(name: str, steps: int, dtype: str, tokens_scale: float) -> dict:
+    from m2dit_jax.model import create_model
+    from m2dit_jax.model.flops import train_flops_per_sample
+    from m2dit_jax.sharding import make_mesh
+    from m2dit_jax.train.config_checks import check_config, model_layout
+    from m2dit_jax.train.metrics import peak_tflops_per_device, throughput
+    from m2dit_jax.train.optimizer import make_optimizer
+    from m2dit_jax.train.state import count_params, init_train_state, split_model
+    from m2dit_jax.train.step import batch_shardings, make_train_step
+    from m2dit_jax.train.trainer import _make_loss
+
+    config = bench_config(name, dtype, tokens_scale)
+    mesh = make_mesh(check_config(config, num_devices=jax.device_count()))
+    layout = model_layout(config)
+    m, b, s = config.model, int(config.train.batch_size), layout.num_scenes
+    with jax.set_mesh(mesh):
+        parts, params = split_model(create_model(m, seed=0, mesh=mesh))
+        tx, schedule = make_optimizer(config.optim, 1000)
+        state, shardings = init_train_state(params, tx, mesh, 0)
+        del params
+        rng = np.random.default_rng(0)
+        host = {
+            "latents": rng.standard_normal(
+                (b, s * m.sample_frames, m.sample_height, m.sample_width, m.in_channels)
+            ).astype(np.float32),
+            "text_embeds": rng.standard_normal((b, s * m.text_len, m.text_dim)).astype(np.float32),
+            "cond": np.ones((b, s), bool),
+        }
+        b_sh = batch_shardings(mesh, host)
+        batch = {k: jax.device_put(v, b_sh[k]) for k, v in host.items()}
+        step = make_train_step(
+            parts,
+            tx,
+            schedule,
+            _make_loss(config),
+            state_shardings=shardings,
+            batch_sharding=b_sh,
+            ema_decay=float(config.optim.ema_decay),
+        )
+        t0 = time.perf_counter()
+        state, metrics = step(state, batch)
+        jax.block_until_ready(metrics)
+        compile_s = time.perf_counter() - t0
+        state, metrics = step(state, batch)  # one more warm-up
+        jax.block_until_ready(metrics)
+        times = []
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            state, metrics = step(state, batch)
+            jax.block_until_ready(metrics)
+            times.append(time.perf_counter() - t0)
+    step_time = float(np.median(times))
+    peak, source = peak_tflops_per_device()
+    out = throughput(
+        step_time, b, layout.video_total, train_flops_per_sample(m, layout), mesh.size, peak
+    )
+    return {
+        "config": name,
+        "dtype": m.dtype,
+        "params_M": count_params(state["params"]) / 1e6,
+        "tokens_per_sample": layout.seq_len,
+        "batch": b,
+        "devices": mesh.size,
+        "device": jax.devices()[0].device_kind,
+        "compile_s": round(compile_s, 2),
+        "step_ms": round(step_time * 1e3, 2),
+        "peak_tflops_per_device": round(peak, 4),
+        "peak_source": source,
+        "loss": float(metrics["loss"]),
+        **{k: round(v, 4) for k, v in out.items()},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--configs", default="tiny,medium")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument(
+        "--tokens_scale",
+        type=float,
+        default=1.0,
+        help="2b/5b: fraction of the 13 latent frames per scene",
+    )
+    args = parser.parse_args()
+    jax.config.update("jax_default_matmul_precision", "default")
+    rows = [run(n, args.steps, args.dtype, args.tokens_scale) for n in args.configs.split(",")]
+    for row in rows:
+        print(json.dumps(row))
+    print()
+    print(
+        f"{'config':8} {'dtype':9} {'params':>8} {'tokens':>7} {'batch':>5} {'ms/step':>9} "
+        f"{'video tok/s':>12} {'TFLOP/s/dev':>12} {'MFU':>6}"
+    )
+    for r in rows:
+        print(
+            f"{r['config']:8} {r['dtype']:9} {r['params_M']:7.2f}M {r['tokens_per_sample']:7d} "
+            f"{r['batch']:5d} {r['step_ms']:9.1f} {r['video_tokens_per_s']:12.0f} "
+            f"{r['tflops_per_device']:12.4f} {r.get('mfu', float('nan')):6.1%}"
+        )
+    r = rows[0]
+    print(
+        f"device: {r['device']} x {r['devices']}; peak {r['peak_tflops_per_device']} "
+        f"TFLOP/s/device ({r['peak_source']})"
+    )
+
+
+if __name__ == "__main__":
+    main()
