@@ -158,3 +158,38 @@ def test_export_cli_errors(tmp_path, capsys):
         export_cli.main(["--workdir", str(tmp_path), "--out", str(tmp_path / "b")])
     assert exit_info.value.code == 2
     assert "config.json" in capsys.readouterr().err
+
+
+def test_demo_writes_every_artifact(tmp_path):
+    from launch import demo
+
+    workdir = str(tmp_path / "demo")
+    overrides = {
+        "model.num_layers": 1,
+        "model.num_heads": 2,
+        "model.head_dim": 16,
+        "model.time_embed_dim": 32,
+        "train.num_steps": 2,
+        "train.batch_size": 8,
+        "train.checkpoint_every": 2,
+        "train.eval_batches": 0,
+        "optim.warmup_steps": 1,
+    }
+    report = demo.run_demo(
+        workdir, num_eval=3, num_extend=2, num_saved=2, sample_steps=2, overrides=overrides
+    )
+    samples = os.path.join(workdir, "samples")
+    for name, frames in (("script_00", 12), ("script_01", 12), ("extended_00", 20)):
+        assert media.read_video(os.path.join(samples, name + ".mp4")).shape[0] == frames
+        with Image.open(os.path.join(samples, name + ".gif")) as im:
+            assert im.n_frames == frames
+    with Image.open(os.path.join(workdir, "contact_sheet.png")) as im:
+        assert im.size[0] == 5 * 4 * 64 + 4 * 6 + 2 * 6  # widest row: the 5-scene extension
+    with open(os.path.join(workdir, "eval.json")) as f:
+        saved = json.load(f)
+    assert saved["metrics"]["generated"]["num_scenes_scored"] == 9
+    assert saved["metrics"]["extended"]["num_scenes_scored"] == 4
+    assert saved["metrics"]["reference"]["colour_ok"] == 1.0
+    assert report["train"]["steps"] == 2 and len(saved["per_extended_video"]) == 2
+    with pytest.raises(ValueError, match="unknown config key"):
+        demo.demo_config({"train.no_such_key": 1})
