@@ -37,8 +37,8 @@ def read_workdir_config(workdir: str) -> dict[str, Any]:
 
 
 def find_checkpoint(workdir: str, step: int | None = None) -> tuple[int, str]:
-    """(step, path to its ``state`` item) of the newest complete checkpoint, or of ``step``."""
-    root = os.path.join(workdir, "checkpoints")
+    """(step, absolute path to its ``state`` item) of the newest checkpoint, or of ``step``."""
+    root = os.path.join(os.path.abspath(workdir), "checkpoints")
     if not os.path.isdir(root):
         raise ValueError(f"{workdir} has no checkpoints/ folder")
     steps = sorted(
@@ -62,8 +62,11 @@ def restore_weights(state_path: str, which: str = "ema") -> dict[str, np.ndarray
 
     if which not in ("ema", "params"):
         raise ValueError(f"weights must be 'ema' or 'params', got {which!r}")
+    state_path = os.path.abspath(state_path)  # orbax resolves metadata from absolute paths only
     checkpointer = ocp.PyTreeCheckpointer()
     tree = checkpointer.metadata(state_path).item_metadata
+    if tree is None:
+        raise ValueError(f"cannot read the checkpoint metadata in {state_path}")
     if which not in tree:
         raise ValueError(f"checkpoint {state_path} holds no {which!r} (has {sorted(tree)})")
     restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree[which])
