@@ -11,6 +11,7 @@ under ``jax.lax.scan``, so a whole encode/decode jits into one program.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax
@@ -182,6 +183,16 @@ class CogVideoXVAE(nnx.Module):
     def _decode_untiled(self, z: jax.Array) -> jax.Array:
         return run_chunked(self.decoder, z, self.config.latent_frames_per_chunk)
 
+    def _per_tile(self, kind: str, x: jax.Array) -> Callable:
+        """The function tiling applies to each tile. Under an outer jit it is inlined; called
+        eagerly, each tile shape (at most 4: interior and edges) compiles once and is reused,
+        and tiles run one after another (memory bounded by one tile)."""
+        if isinstance(x, jax.core.Tracer):
+            return self._encode_untiled if kind == "encode" else self._decode_untiled
+        graphdef, state = nnx.split(self)
+        fn = _jitted_tile_fn(graphdef, kind)
+        return lambda tile: fn(state, tile)
+
     def encode_moments(self, video: jax.Array, *, tiling=None) -> tuple[jax.Array, jax.Array]:
         """(B, F, H, W, 3) in [-1, 1] -> (mean, logvar), each (B, F', H/8, W/8, C)."""
         _check_video(video, self.config)
@@ -189,7 +200,8 @@ class CogVideoXVAE(nnx.Module):
         if tiling is not None and tiling.applies_to_pixels(video.shape[2:4]):
             from m2dit_jax.encoders.vae.tiling import tiled_encode
 
-            h = tiled_encode(self._encode_untiled, video, tiling, self.config.spatial_ratio)
+            per_tile = self._per_tile("encode", video)
+            h = tiled_encode(per_tile, video, tiling, self.config.spatial_ratio)
         else:
             h = self._encode_untiled(video)
         mean, logvar = jnp.split(h.astype(jnp.float32), 2, axis=-1)
@@ -207,7 +219,8 @@ class CogVideoXVAE(nnx.Module):
         ):
             from m2dit_jax.encoders.vae.tiling import tiled_decode
 
-            out = tiled_decode(self._decode_untiled, z, tiling, self.config.spatial_ratio)
+            per_tile = self._per_tile("decode", z)
+            out = tiled_decode(per_tile, z, tiling, self.config.spatial_ratio)
         else:
             out = self._decode_untiled(z)
         return out.astype(jnp.float32)
@@ -232,6 +245,15 @@ class CogVideoXVAE(nnx.Module):
     def decode(self, latents: jax.Array, *, tiling=None) -> jax.Array:
         """Scaled latents (B, F', h, w, C) -> video (B, F, 8h, 8w, 3) float32 in ~[-1, 1]."""
         return self.decode_raw(self.unscale(latents), tiling=tiling)
+
+
+@functools.lru_cache(maxsize=16)
+def _jitted_tile_fn(graphdef, kind: str) -> Callable:
+    def run(state, tile):
+        model = nnx.merge(graphdef, state)
+        return model._encode_untiled(tile) if kind == "encode" else model._decode_untiled(tile)
+
+    return jax.jit(run)
 
 
 def _check_video(video, cfg: VAEConfig) -> None:
