@@ -4,10 +4,11 @@
     python benchmarks/model.py --skip-compile  # only the side-by-side timing
     python benchmarks/model.py --skip-cpu --mesh fsdp=2,context=4
 
-Part 1 times one jitted forward+backward (loss = mean(out^2), gradients for every parameter)
-of our model against diffusers' CogVideoXTransformer3DModel (torch, eager) on the same
-inputs, same weights and the same CPU thread count: 8 layers, 8 x 64 heads, RoPE, 3 scenes x 2
-latent frames of 16x16 (384 video tokens), captions 3 x 32 tokens, mask 1 in both.
+Part 1 (``--threads 1`` by default) times one jitted forward+backward (loss = mean(out^2),
+gradients for every parameter) of our model against diffusers' CogVideoXTransformer3DModel
+(torch, eager) on the same inputs, same weights and the same CPU thread count: 8 layers,
+8 x 64 heads, RoPE, 3 scenes x 2 latent frames of 16x16 (384 video tokens), captions 3 x 32
+tokens, mask 1 in both.
 
 Part 2 needs no accelerator: it builds the 5B model abstractly (no parameter is allocated),
 lowers and compiles one AdamW training step (bf16 compute, f32 params and state, full remat,
@@ -23,10 +24,24 @@ import sys
 import time
 
 DEVICES = 8
+
+
+def _threads_from_argv(argv: list[str]) -> int:
+    """--threads N (read before jax is imported, since XLA takes it from XLA_FLAGS)."""
+    for i, arg in enumerate(argv):
+        if arg == "--threads" and i + 1 < len(argv):
+            return int(argv[i + 1])
+        if arg.startswith("--threads="):
+            return int(arg.split("=", 1)[1])
+    return 1
+
+
+THREADS = _threads_from_argv(sys.argv)
 if "jax" not in sys.modules:  # must precede the first jax import
-    os.environ["XLA_FLAGS"] = (
-        os.environ.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={DEVICES}"
-    ).strip()
+    flags = f" --xla_force_host_platform_device_count={DEVICES}"
+    if THREADS == 1:
+        flags += " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + flags).strip()
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402
@@ -63,7 +78,9 @@ def side_by_side(iters: int, backend: str) -> dict:
 
     from m2dit_jax.convert import load_diffusers_transformer
 
-    threads = os.cpu_count() or 1
+    threads = THREADS
+    if threads not in (1, os.cpu_count()):
+        raise ValueError(f"--threads must be 1 or all {os.cpu_count()} cores (XLA's choices)")
     torch.set_num_threads(threads)
     s, f, hw, t_len = 3, 2, 16, 32
     torch.manual_seed(0)
@@ -259,6 +276,13 @@ def main(argv=None) -> None:
     parser.add_argument("--skip-cpu", action="store_true")
     parser.add_argument("--skip-compile", action="store_true")
     parser.add_argument("--iters", type=int, default=5)
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="part 1 CPU threads for both frameworks: 1 (default; fair on a shared machine, "
+        "where torch's spinning threads collapse under load) or all cores",
+    )
     parser.add_argument("--cpu-backend", default="xla", help="attention backend for part 1")
     parser.add_argument("--mesh", default="fsdp=8", help="part 2 mesh, e.g. fsdp=2,context=4")
     parser.add_argument("--batch", type=int, default=None, help="part 2 global batch")
