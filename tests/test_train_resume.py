@@ -26,10 +26,16 @@ def _steps(workdir):
 
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
-    """6 steps in one go: the reference losses and grad norms."""
+    """6 steps in one go (steps 1-2 traced by the profiler): the reference losses."""
     workdir = str(tmp_path_factory.mktemp("straight"))
-    result = train_and_evaluate(tiny_config(), workdir)
+    result = train_and_evaluate(tiny_config(profile_start_step=1, profile_num_steps=2), workdir)
     return workdir, result
+
+
+def test_profiler_traces_the_chosen_steps(straight):
+    workdir, _ = straight
+    traces = [f for _, _, files in os.walk(os.path.join(workdir, "profile")) for f in files]
+    assert any(f.endswith(".xplane.pb") for f in traces), traces
 
 
 def test_resume_is_bit_exact(straight, tmp_path):
