@@ -30,6 +30,9 @@ def main(argv=None):
     parser.add_argument("--variants", nargs="+", default=list(MASK_MODES), choices=MASK_MODES)
     parser.add_argument("--num_eval", type=int, default=48)
     parser.add_argument("--sample_steps", type=int, default=30)
+    parser.add_argument(
+        "--rescore", action="store_true", help="re-sample and re-score finished runs"
+    )
     args = parser.parse_args(argv)
     results = []
     for seed in args.seeds:
@@ -42,6 +45,7 @@ def main(argv=None):
                 num_steps=args.steps,
                 num_eval=args.num_eval,
                 sample_steps=args.sample_steps,
+                rescore=args.rescore,
             )
             m = result["metrics"]
             print(

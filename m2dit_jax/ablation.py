@@ -24,7 +24,15 @@ import numpy as np
 
 from m2dit_jax.layout import MASK_MODES
 
-HEADLINE = ("colour_ok", "motion_ok", "shape_consistent", "background_consistent", "shape_ok")
+HEADLINE = (
+    "colour_ok",
+    "motion_ok",
+    "shape_consistent",
+    "background_consistent",
+    "shape_agree_raw",
+    "background_agree_raw",
+    "shape_ok",
+)
 
 
 def variant_config(mask_mode: str, seed: int, num_steps: int, overrides: dict | None = None):
@@ -56,9 +64,10 @@ def run_variant(
     num_eval: int = 48,
     sample_steps: int = 30,
     overrides: dict | None = None,
+    rescore: bool = False,
 ) -> dict[str, Any]:
     """Trains (or resumes) one variant in ``workdir``, samples and scores it; writes and
-    returns ``workdir/ablation_result.json``."""
+    returns ``workdir/ablation_result.json`` (re-used when present unless ``rescore``)."""
     from launch import export as export_cli
     from m2dit_jax.data.synthetic_shapes import sample_held_out_scripts
     from m2dit_jax.eval import synthetic_metrics
@@ -71,7 +80,8 @@ def run_variant(
     if os.path.isfile(result_path):
         with open(result_path) as f:
             done = json.load(f)
-        if done.get("num_steps") == num_steps and done.get("num_eval") == num_eval:
+        same = done.get("num_steps") == num_steps and done.get("num_eval") == num_eval
+        if same and not rescore:
             return done
     config = variant_config(mask_mode, seed, num_steps, overrides)
     t0 = time.perf_counter()
@@ -87,20 +97,35 @@ def run_variant(
     sampler = SamplerOptions(name="ddim", steps=sample_steps, guidance_scale=1.0, seed=0)
     latents = pipeline.sample_latents([s.captions() for s in scripts], sampler)
     summary, _ = synthetic_metrics.score_videos(list(pipeline.decode_latents(latents)), scripts)
-    losses = train.get("losses") or []
     result = {
         "mask_mode": mask_mode,
         "seed": seed,
         "num_steps": num_steps,
         "num_eval": num_eval,
         "sample_steps": sample_steps,
-        "train_s": train_s,
-        "final_loss": float(np.mean(losses[-50:])) if losses else None,
+        "train_call_s": train_s,  # wall time of this call (restore only when resumed)
+        "steps_run": int(train["step"]) - int(train["start_step"]),
+        "mean_step_time_s": train.get("mean_step_time_s"),
+        "final_loss": last_logged_loss(workdir),
         "metrics": summary,
     }
     with open(result_path, "w") as f:
         json.dump(result, f, indent=2)
     return result
+
+
+def last_logged_loss(workdir: str) -> float | None:
+    """The last training loss in ``workdir/metrics.jsonl`` (a window mean), if any."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.isfile(path):
+        return None
+    loss = None
+    with open(path) as f:
+        for line in f:
+            record = json.loads(line)
+            if "loss" in record:
+                loss = float(record["loss"])
+    return loss
 
 
 def aggregate(results: Sequence[dict]) -> dict[str, dict[str, dict[str, float]]]:

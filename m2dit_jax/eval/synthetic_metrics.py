@@ -13,7 +13,9 @@ Per generated scene i (detections from ``m2dit_jax.eval.shapes_detectors``):
   pixels within ``BACKGROUND_DISTANCE`` of a background colour).
 
 Consistency only counts between clean scenes: noise or a smeared frame "agrees" with itself on
-every detector, and would otherwise score 100%.
+every detector, and would otherwise score 100%. The unfiltered detector agreement is kept as
+``shape_agree_raw`` / ``background_agree_raw``: meaningless for a single noisy model, but a fair
+comparison between models trained on the same budget (the ablation reports it).
 
 ``summarize`` averages these over scenes and videos into the table the demo prints, with the
 chance level of each number for a model that ignores its captions / the other scenes.
@@ -48,6 +50,8 @@ METRICS = (
     "background_consistent",
     "shape_ok",
     "object_clean",
+    "shape_agree_raw",
+    "background_agree_raw",
 )
 # What a model gets by guessing uniformly (alignment) or picking independently per scene
 # (consistency); printed next to the measured numbers.
@@ -58,6 +62,8 @@ CHANCE = {
     "background_consistent": 1.0 / len(BACKGROUNDS),
     "shape_ok": 1.0 / len(SHAPES),
     "object_clean": float("nan"),
+    "shape_agree_raw": 1.0 / len(SHAPES),
+    "background_agree_raw": 1.0 / len(BACKGROUNDS),
 }
 SUMMARY_NAMES = {
     "colour_ok": "alignment/colour",
@@ -66,6 +72,8 @@ SUMMARY_NAMES = {
     "background_consistent": "consistency/background",
     "shape_ok": "shape matches caption 1",
     "object_clean": "clean object + background",
+    "shape_agree_raw": "shape agrees (unfiltered)",
+    "background_agree_raw": "background agrees (unfiltered)",
 }
 
 
@@ -97,6 +105,8 @@ def score_video(video: np.ndarray, script: Script, *, first_scene: int = 0) -> l
             both = clean[i] and clean[0]
             row["shape_consistent"] = both and d["shape"] == reference["shape"]
             row["background_consistent"] = both and d["background"] == reference["background"]
+            row["shape_agree_raw"] = d["shape"] == reference["shape"]
+            row["background_agree_raw"] = d["background"] == reference["background"]
         rows.append(row)
     return rows
 
