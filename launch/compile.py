@@ -141,7 +141,7 @@ def format_report(name: str, r: dict) -> str:
         f"    temporaries               {r['temp_bytes'] / GIB:9.3f} GiB",
         f"    peak estimate             {peak / GIB:9.3f} GiB",
         f"  step FLOPs: model {r['model_flops_per_step']:.3e} (6N + attention, used for MFU); "
-        f"XLA per device {r['xla_flops_per_device']:.3e}",
+        f"XLA per device {r['xla_flops_per_device']:.3e} (loop bodies counted once)",
     ]
     return "\n".join(lines)
 

@@ -64,7 +64,10 @@ def initialize(cfg: Any) -> bool:
     Must run before anything touches a JAX backend. Returns True if initialised here.
     """
     if cfg.cpu_collectives:
-        jax.config.update("jax_cpu_collectives_implementation", cfg.cpu_collectives)
+        try:
+            jax.config.update("jax_cpu_collectives_implementation", cfg.cpu_collectives)
+        except (AttributeError, KeyError, ValueError) as e:  # option renamed in another jax
+            log.warning("could not select CPU collectives %r: %s", cfg.cpu_collectives, e)
     if cfg.initialize == "never" or jax.distributed.is_initialized():
         return False
     env = cluster_environment(cfg)

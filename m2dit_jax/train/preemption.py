@@ -66,7 +66,7 @@ class PreemptionGuard:
         if not stop:
             try:
                 stop = bool(multihost_utils.reached_preemption_sync_point(step))
-            except RuntimeError:  # no preemption sync manager on this platform
+            except (RuntimeError, AttributeError):  # no preemption sync manager here
                 stop = False
         if stop and self.signal_name is None:
             self.signal_name = "peer process"

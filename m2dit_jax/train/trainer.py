@@ -347,6 +347,10 @@ def train_and_evaluate(
             if not preempted:
                 save(step, force=True)
             checkpointer.wait()
+    except BaseException:
+        writer.close()
+        checkpointer.close()  # lets pending asynchronous saves finish
+        raise
     finally:
         profiler.close()
         bar.close()
