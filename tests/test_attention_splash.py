@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 from m2dit_jax.attention import masked_attention
@@ -13,6 +13,8 @@ from m2dit_jax.attention.splash import SceneMask, block_statistics, resolve_bloc
 from m2dit_jax.layout import SceneLayout
 from m2dit_jax.sharding import make_mesh, named_sharding
 
+# Shrinking recompiles for every candidate (minutes on 2 cores); failures print the example.
+NO_SHRINK = (Phase.explicit, Phase.reuse, Phase.generate)
 F32_TOL = 2e-5
 BF16_TOL = 3e-2  # bf16 inputs/outputs; the kernel keeps f32 softmax statistics.
 
@@ -35,7 +37,13 @@ def _qkv(layout, batch=2, heads=2, head_dim=8, dtype=jnp.float32, seed=0):
 
 
 def _loss(fn):
-    return lambda q, k, v: (fn(q, k, v).astype(jnp.float32) ** 3).sum()
+    # A fixed random cotangent per output element.
+    def loss(q, k, v):
+        out = fn(q, k, v).astype(jnp.float32)
+        weights = jax.random.normal(jax.random.key(7), out.shape, jnp.float32)
+        return (out * weights).sum()
+
+    return loss
 
 
 def _assert_matches_xla(layout, q, k, v, tol, backend="splash", **opts):
@@ -54,7 +62,7 @@ def _assert_matches_xla(layout, q, k, v, tol, backend="splash", **opts):
         np.testing.assert_allclose(a, b, atol=tol * scale, rtol=tol, err_msg=f"d{name}")
 
 
-@settings(max_examples=4, deadline=None)
+@settings(max_examples=4, deadline=None, phases=NO_SHRINK)
 @given(layout=small_layouts, batch=st.integers(1, 2))
 def test_splash_matches_xla_random_layouts(layout, batch):
     q, k, v = _qkv(layout, batch)

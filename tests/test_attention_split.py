@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 from m2dit_jax.attention import masked_attention
@@ -15,6 +15,8 @@ from m2dit_jax.attention.online_softmax import (
 )
 from m2dit_jax.layout import SceneLayout
 
+# Shrinking recompiles for every candidate (minutes on 2 cores); failures print the example.
+NO_SHRINK = (Phase.explicit, Phase.reuse, Phase.generate)
 F32_TOL = 2e-5
 BF16_TOL = 3e-2  # bf16 inputs/outputs (8 mantissa bits); softmax statistics stay f32.
 
@@ -36,8 +38,13 @@ def _qkv(layout, batch, heads=2, head_dim=8, dtype=jnp.float32, seed=0):
 
 
 def _loss(fn):
-    # A cubic loss gives every output element its own cotangent.
-    return lambda q, k, v: (fn(q, k, v).astype(jnp.float32) ** 3).sum()
+    # A fixed random cotangent per output element (a cubic loss amplified f32 round-off).
+    def loss(q, k, v):
+        out = fn(q, k, v).astype(jnp.float32)
+        weights = jax.random.normal(jax.random.key(7), out.shape, jnp.float32)
+        return (out * weights).sum()
+
+    return loss
 
 
 def _assert_matches_xla(layout, q, k, v, tol, **opts):
@@ -56,7 +63,7 @@ def _assert_matches_xla(layout, q, k, v, tol, **opts):
         np.testing.assert_allclose(a, b, atol=tol * scale, rtol=tol, err_msg=f"d{name}")
 
 
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=5, deadline=None, phases=NO_SHRINK)
 @given(layout=layouts, batch=st.integers(1, 2), impl=st.sampled_from(["chunked", "xla"]))
 def test_split_matches_xla_random_layouts(layout, batch, impl):
     q, k, v = _qkv(layout, batch)
@@ -94,7 +101,7 @@ def test_split_rejects_unknown_impl():
         masked_attention(q, k, v, layout, backend="split", impl="chunked", block_q=0)
 
 
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=5, deadline=None, phases=NO_SHRINK)
 @given(
     lq=st.integers(1, 40),
     lk=st.integers(1, 40),
