@@ -118,15 +118,19 @@ class SpatialNorm3D(nnx.Module):
 
     def __call__(self, f: jax.Array, zq: jax.Array) -> jax.Array:
         t, h, w = f.shape[1:4]
-        if t > 1 and t % 2 == 1:
-            # The first frame is resized on its own (diffusers), then the rest.
-            z_first = nearest_resize_thw(zq[:, :1], 1, h, w)
-            z_rest = nearest_resize_thw(zq[:, 1:], t - 1, h, w)
-            zq = jnp.concatenate([z_first, z_rest], axis=1)
-        else:
-            zq = nearest_resize_thw(zq, t, h, w)
+        # The 1x1x1 convs commute with nearest resizing, so they run at latent resolution
+        # (diffusers resizes first); every output element sees the same inputs and weights.
         y, _ = self.conv_y(zq)
         b, _ = self.conv_b(zq)
+        yb = jnp.concatenate([y, b], axis=-1)
+        if t > 1 and t % 2 == 1:
+            # The first frame is resized on its own (diffusers), then the rest.
+            first = nearest_resize_thw(yb[:, :1], 1, h, w)
+            rest = nearest_resize_thw(yb[:, 1:], t - 1, h, w)
+            yb = jnp.concatenate([first, rest], axis=1)
+        else:
+            yb = nearest_resize_thw(yb, t, h, w)
+        y, b = jnp.split(yb, 2, axis=-1)
         return self.norm_layer(f) * y + b
 
 
