@@ -219,3 +219,15 @@ def test_sharded_forward_matches_single_device(backend):
     with jax.set_mesh(mesh):
         got = forward(sharded, latents, text, per_scene_t, num_scenes=S)
     np.testing.assert_allclose(np.asarray(got), want, atol=2e-5)
+
+
+def test_context_parallel_forward_matches_single_device():
+    # the sequence axis sharded over context=2 (the attention layer's automatic context
+    # parallelism), with data and fsdp batch sharding
+    mesh = make_mesh({"data": 2, "fsdp": 2, "context": 2})
+    (latents, text, per_scene_t), want = _single_device_reference()
+    cfg = get_model_config("tiny", scan_layers=True, attention_backend="split")
+    sharded = create_model(cfg, seed=7, mesh=mesh)
+    with jax.set_mesh(mesh):
+        got = forward(sharded, latents, text, per_scene_t, num_scenes=S)
+    np.testing.assert_allclose(np.asarray(got), want, atol=2e-5)
