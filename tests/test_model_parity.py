@@ -107,3 +107,30 @@ def test_per_scene_timesteps_match_reference(tmp_path, positions):
     ref_same = per_scene_reference(torch_model, latents, text, same, s, mask, rope=rope)
     diff_same = run_diffusers(torch_model, latents, text, same[:, 0], rope=rope, mask=mask)
     assert np.abs(ref_same - diff_same).max() <= TOL
+
+
+def test_sincos_stretch_matches_torch_trilinear():
+    """The release's 2B multi-scene positions: the F-frame table stretched to S*F frames."""
+    import torch.nn.functional as F
+    from diffusers.models.embeddings import get_3d_sincos_pos_embed
+
+    from m2dit_jax.model.positions import sincos_table, stretch_frames
+
+    width, frames, gh, gw, scenes = 64, 13, 3, 5, 3
+    base = get_3d_sincos_pos_embed(width, (gw, gh), frames, 1.875, 1.0, output_type="pt")
+    grid = base.reshape(1, frames, gh, gw, width).permute(0, 4, 1, 2, 3).float()
+    want = F.interpolate(grid, size=(scenes * frames, gh, gw), mode="trilinear")
+    want = want.permute(0, 2, 3, 4, 1).reshape(-1, width).numpy()
+    ours = sincos_table(width, frames, gh, gw)
+    assert np.abs(ours - base.reshape(-1, width).numpy()).max() < 1e-6
+    got = stretch_frames(ours, frames, gh * gw, scenes * frames)
+    assert np.abs(got - want).max() < 1e-6
+    # and the model uses it: S=1 is unchanged, S=3 differs from the continuous table
+    from m2dit_jax.model import create_model, get_model_config
+
+    kw = dict(positions="sincos", scan_layers=True)
+    stretch = create_model(get_model_config("tiny", sincos_temporal="stretch", **kw), seed=0)
+    plain = create_model(get_model_config("tiny", **kw), seed=0)
+    layout1, layout3 = stretch.layout((2, 8, 8, 4), 1), stretch.layout((6, 8, 8, 4), 3)
+    np.testing.assert_array_equal(stretch._sincos(layout1), plain._sincos(layout1))
+    assert float(jnp.abs(stretch._sincos(layout3) - plain._sincos(layout3)).max()) > 0.1

@@ -23,6 +23,10 @@ _DEFAULTS: dict[str, Any] = {
     "text_len": 8,  # real caption tokens per scene (CogVideoX: 226)
     "time_embed_dim": 32,  # E, the timestep-embedding width (CogVideoX: 512)
     "positions": "rope",  # "rope" (5B) | "sincos" (2B)
+    # sin-cos over S scenes: "continuous" recomputes the table for S*F frames (diffusers given
+    # S*F frames); "stretch" interpolates the F-frame table to S*F frames linearly in time
+    # (torch trilinear, align_corners=False), as the Mask²DiT release does.
+    "sincos_temporal": "continuous",
     # Latent sample grid of ONE scene: F latent frames, latent H / W (before patching).
     "sample_frames": 2,
     "sample_height": 8,
@@ -83,6 +87,7 @@ _PRESETS: dict[str, dict[str, Any]] = {
 
 MODEL_NAMES = tuple(_PRESETS)
 POSITIONS = ("rope", "sincos")
+SINCOS_TEMPORAL = ("continuous", "stretch")
 REMAT_POLICIES = ("none", "full", "save_dots")
 DTYPES = ("float32", "bfloat16")
 
@@ -129,6 +134,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if config.positions not in POSITIONS:
         raise ValueError(
             f"model config 'positions' must be one of {POSITIONS}, got {config.positions!r}"
+        )
+    if config.sincos_temporal not in SINCOS_TEMPORAL:
+        raise ValueError(
+            f"model config 'sincos_temporal' must be one of {SINCOS_TEMPORAL}, "
+            f"got {config.sincos_temporal!r}"
         )
     if config.remat not in REMAT_POLICIES:
         raise ValueError(

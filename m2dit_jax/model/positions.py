@@ -5,9 +5,10 @@ arithmetic step by step, so that one scene reproduces ``CogVideoXTransformer3DMo
 round-off. Video tokens are ordered (frame, h, w) with w fastest; temporal positions run
 continuously over all S*F frames of a multi-scene sample (no reset at a scene cut).
 
-Multi-scene sin-cos choice: the table is *recomputed* for S*F frames (temporal positions
-0 .. S*F-1, exactly what diffusers does when handed S*F frames), not stretched by trilinear
-interpolation as in the Mask²DiT release; see docs/sections/model.md.
+Multi-scene sin-cos: by default the table is *recomputed* for S*F frames (temporal positions
+0 .. S*F-1, exactly what diffusers does when handed S*F frames); ``stretch_frames`` instead
+interpolates a one-scene table to S*F frames like the Mask²DiT release (torch trilinear,
+align_corners=False; only the temporal axis changes size).
 """
 
 from __future__ import annotations
@@ -59,6 +60,24 @@ def sincos_table(
         axis=-1,
     )
     return table.reshape(frames * n, width).astype(np.float32)
+
+
+def stretch_frames(table: np.ndarray, frames: int, tokens_per_frame: int, out_frames: int):
+    """(frames*n, D) -> (out_frames*n, D): linear resampling along time, align_corners=False.
+
+    Output frame j samples source position (j + 0.5) * frames / out_frames - 0.5, clamped to
+    [0, frames - 1] (torch ``F.interpolate(..., mode="trilinear")`` on a (D, F, H, W) grid whose
+    H and W keep their size). Computed in float32 like torch.
+    """
+    grid = table.reshape(frames, tokens_per_frame, -1).astype(np.float32)
+    ratio = np.float32(frames / out_frames)
+    src = (np.arange(out_frames, dtype=np.float32) + np.float32(0.5)) * ratio - np.float32(0.5)
+    src = np.maximum(src, np.float32(0.0))
+    lo = np.minimum(np.floor(src).astype(np.int64), frames - 1)
+    hi = np.minimum(lo + 1, frames - 1)
+    w_hi = (src - lo.astype(np.float32))[:, None, None]
+    out = grid[lo] * (np.float32(1.0) - w_hi) + grid[hi] * w_hi
+    return out.reshape(out_frames * tokens_per_frame, -1).astype(np.float32)
 
 
 def _torch_linspace_f32(start: float, end: float, steps: int) -> np.ndarray:

@@ -22,7 +22,7 @@ from m2dit_jax.model.block import ACT, Mask2DiTBlock, scene_broadcast
 from m2dit_jax.model.config import validate_config
 from m2dit_jax.model.embeddings import TimestepEmbedding, patchify, unpatchify
 from m2dit_jax.model.layers import Dense, LayerNorm
-from m2dit_jax.model.positions import rope_tables, sincos_table
+from m2dit_jax.model.positions import rope_tables, sincos_table, stretch_frames
 from m2dit_jax.sharding import constrain
 
 _REMAT_POLICIES = {
@@ -118,14 +118,20 @@ class Mask2DiT(nnx.Module):
 
     def _sincos(self, layout: SceneLayout) -> jax.Array:
         cfg = self.config
+        stretch = cfg.sincos_temporal == "stretch"
+        frames = layout.frames if stretch else layout.num_scenes * layout.frames
         table = sincos_table(
             cfg.num_heads * cfg.head_dim,
-            layout.num_scenes * layout.frames,
+            frames,
             layout.grid_h,
             layout.grid_w,
             float(cfg.spatial_interpolation_scale),
             float(cfg.temporal_interpolation_scale),
         )
+        if stretch and layout.num_scenes > 1:
+            table = stretch_frames(
+                table, frames, layout.tokens_per_frame, layout.num_scenes * layout.frames
+            )
         return jnp.asarray(table)
 
     # ------------------------------------------------------------------ forward
