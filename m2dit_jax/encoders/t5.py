@@ -83,8 +83,8 @@ def relative_position_buckets(q_len: int, k_len: int, num_buckets: int, max_dist
 
 
 def _param(rng: np.random.Generator | None, shape, std: float, dtype):
-    if rng is None:
-        return nnx.Param(jnp.asarray(np.zeros(shape, np.float32), dtype))
+    if rng is None:  # abstract placeholder, filled by the checkpoint loader (no allocation)
+        return nnx.Param(jax.ShapeDtypeStruct(tuple(shape), dtype))
     return nnx.Param(jnp.asarray((rng.standard_normal(shape) * std).astype(np.float32), dtype))
 
 
@@ -183,7 +183,10 @@ class _Stack(nnx.Module):
 
 
 class T5Encoder(nnx.Module):
-    """ids (B, L) int -> hidden states (B, L, d_model) float32."""
+    """ids (B, L) int -> hidden states (B, L, d_model) float32.
+
+    ``seed`` draws a random init (tests); ``seed=None`` leaves abstract placeholders that
+    ``load_t5_encoder`` fills, so a 4.7B-parameter encoder is never allocated twice."""
 
     def __init__(
         self, config: T5Config, *, seed: int | None = 0, dtype=jnp.float32, param_dtype=jnp.float32

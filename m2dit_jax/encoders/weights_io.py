@@ -116,14 +116,15 @@ def assign_torch_state(
     converted = {}
     for name, value in renamed.items():
         value = torch_to_jax_layout(np.asarray(value), is_embedding=is_embedding(name))
-        want = tuple(params[name][...].shape)
+        want = tuple(params[name].shape)
         if tuple(value.shape) != want:
             problems.append(f"{name}: checkpoint shape {value.shape} (converted) != model {want}")
         converted[name] = value
     if problems:
         raise ValueError(f"{what} checkpoint does not match the model: " + "; ".join(problems))
     for name, value in converted.items():
-        params[name][...] = jnp.asarray(value.astype(np.float32), dtype=param_dtype)
+        # set_value (not [...] =) also fills abstract placeholders built with seed=None.
+        params[name].set_value(jnp.asarray(value.astype(np.float32), dtype=param_dtype))
 
 
 def jax_to_torch_layout(value: np.ndarray, *, is_embedding: bool = False) -> np.ndarray:

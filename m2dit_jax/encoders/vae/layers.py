@@ -20,8 +20,8 @@ Cache = dict  # nested {name: array | Cache}
 def _uniform(rng: np.random.Generator | None, shape, fan_in: int, dtype) -> jax.Array:
     # numpy, not jax.random: an eager jax.random call compiles once per new shape, which made
     # building even the tiny VAE take seconds. The VAE is frozen; this init only serves tests.
-    if rng is None:  # placeholder for weights about to be loaded
-        return jnp.asarray(np.zeros(shape, np.float32), dtype)
+    if rng is None:  # abstract placeholder, filled by the checkpoint loader (no allocation)
+        return jax.ShapeDtypeStruct(tuple(shape), dtype)
     bound = 1.0 / np.sqrt(fan_in)
     return jnp.asarray(rng.uniform(-bound, bound, shape).astype(np.float32), dtype)
 

@@ -156,7 +156,8 @@ class CogVideoXVAE(nnx.Module):
     - ``decode(latents)``: diffusion latents -> video in [-1, 1] (undoes the scaling).
     - ``decode_raw(z)``: unscaled latents -> video (diffusers ``vae.decode``).
     ``seed`` draws a random init (PyTorch's default uniform fan-in bounds) for tests; real
-    weights come from ``load_diffusers_vae`` (which builds with ``seed=None``: zeros).
+    weights come from ``load_diffusers_vae`` (which builds with ``seed=None``: abstract
+    placeholders for the convolutions, filled from the checkpoint).
     Pass ``tiling=SpatialTiling(...)`` to any of them to process large frames in overlapping
     spatial tiles, blended like diffusers' ``enable_tiling``.
     """
