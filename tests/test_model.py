@@ -231,3 +231,16 @@ def test_context_parallel_forward_matches_single_device():
     with jax.set_mesh(mesh):
         got = forward(sharded, latents, text, per_scene_t, num_scenes=S)
     np.testing.assert_allclose(np.asarray(got), want, atol=2e-5)
+
+
+def test_params_that_do_not_divide_the_mesh_are_replicated_on_that_axis():
+    mesh = make_mesh({"fsdp": 2, "tensor": 4})  # tiny has 2 heads: cannot split 4 ways
+    cfg = get_model_config("tiny", scan_layers=True)
+    with jax.set_mesh(mesh):  # NNX eager sharding path (direct construction)
+        direct = Mask2DiT(cfg, rngs=nnx.Rngs(0))
+    born = create_model(cfg, mesh=mesh)  # jitted out_shardings path
+    for model in (direct, born):
+        q = model.blocks.attn.to_q.kernel.get_value()
+        assert q.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", None, None)
+        ff = model.blocks.ff.proj_in.kernel.get_value()  # 128 mlp units do split 4 ways
+        assert ff.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")

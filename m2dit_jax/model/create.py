@@ -2,28 +2,14 @@
 
 from __future__ import annotations
 
-import math
-
 import jax
 import ml_collections
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh, NamedSharding
 
+from m2dit_jax.model.layers import divisible_spec
 from m2dit_jax.model.transformer import Mask2DiT
 from m2dit_jax.sharding import logical_to_mesh_axes
-
-
-def divisible_spec(spec: PartitionSpec, shape: tuple[int, ...], mesh: Mesh) -> PartitionSpec:
-    """``spec`` with every entry whose mesh axes do not divide the dimension replicated.
-
-    (e.g. 2 heads on tensor=4): small models then still run on a large mesh.
-    """
-    out = []
-    for dim, entry in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
-        axes = (entry,) if isinstance(entry, str) else tuple(entry or ())
-        ways = math.prod(mesh.shape[a] for a in axes)
-        out.append(entry if dim % ways == 0 else None)
-    return PartitionSpec(*out)
 
 
 def param_shardings(state: nnx.State, mesh: Mesh) -> nnx.State:

@@ -9,15 +9,30 @@ a leading ``"layers"`` axis (for ``jax.lax.scan`` over blocks).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax.sharding import PartitionSpec
 
-from m2dit_jax.sharding import LOGICAL_RULES
+from m2dit_jax.sharding import LOGICAL_RULES, logical_to_mesh_axes
 
 Initializer = Callable[[jax.Array, tuple[int, ...], jnp.dtype], jax.Array]
+
+
+def divisible_spec(spec: PartitionSpec, shape: tuple[int, ...], mesh) -> PartitionSpec:
+    """``spec`` with every entry whose mesh axes do not divide the dimension replicated.
+
+    (e.g. 2 heads on tensor=4): small models then still run on a large mesh.
+    """
+    out = []
+    for dim, entry in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+        axes = (entry,) if isinstance(entry, str) else tuple(entry or ())
+        ways = math.prod(mesh.shape[a] for a in axes)
+        out.append(entry if dim % ways == 0 else None)
+    return PartitionSpec(*out)
 
 
 def make_param(
@@ -31,7 +46,8 @@ def make_param(
 ) -> nnx.Param:
     """A Param of ``shape`` (or (stack, *shape)) annotated with logical ``names``.
 
-    Sharded eagerly only when a mesh is active (``jax.set_mesh``), replicated otherwise.
+    Sharded eagerly only when a mesh is active (``jax.set_mesh``), replicated otherwise; a
+    dimension the mesh axes do not divide is replicated (``divisible_spec``).
     """
     shape = tuple(int(s) for s in shape)
     names = tuple(names)
@@ -44,12 +60,15 @@ def make_param(
         keys = jax.random.split(key, stack)
         value = jax.vmap(lambda k: init(k, shape, dtype))(keys)
         names = ("layers",) + names
-    return nnx.Param(
-        value,
-        out_sharding=names,
-        sharding_rules=LOGICAL_RULES,
-        eager_sharding=not jax.sharding.get_abstract_mesh().empty,
-    )
+    mesh = jax.sharding.get_abstract_mesh()
+    eager = not mesh.empty
+    if eager:
+        spec = logical_to_mesh_axes(names)
+        fitted = divisible_spec(spec, value.shape, mesh)
+        if fitted != spec:  # shard what divides by hand; Flax's eager path would raise
+            value = jax.lax.with_sharding_constraint(value, fitted)
+            eager = False
+    return nnx.Param(value, out_sharding=names, sharding_rules=LOGICAL_RULES, eager_sharding=eager)
 
 
 def _fan_in_init(n_in: int) -> Initializer:
