@@ -104,6 +104,7 @@ def run_demo(
     """The whole demo; returns what it writes to ``eval.json``."""
     from launch import export as export_cli
     from m2dit_jax import media
+    from m2dit_jax.ablation import last_logged_loss
     from m2dit_jax.data.synthetic_shapes import (
         ShapesGeometry,
         render_script,
@@ -203,7 +204,8 @@ def run_demo(
             "steps": int(train_result["step"]),
             "params": int(train_result.get("params", 0)),
             "mean_step_time_s": train_result.get("mean_step_time_s"),
-            "final_loss": float(np.mean(losses[-50:])) if losses else None,
+            "steps_run_this_call": int(train_result["step"]) - int(train_result["start_step"]),
+            "final_loss": float(np.mean(losses[-50:])) if losses else last_logged_loss(workdir),
             "eval": train_result.get("eval", {}),
         },
         "sampling": {
