@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat setup.py constraints/torch-cpu.txt | cksum | cut -d' ' -f1)
 export XLA_PYTHON_CLIENT_PREALLOCATE := false
 
-.PHONY: demo test lint format venv clean bench
+.PHONY: demo test lint format venv clean
 
 $(STAMP): setup.py constraints/torch-cpu.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -57,6 +57,9 @@ setup(
             "m2dit-train=launch.train:run",
             "m2dit-sample=launch.sample:run",
             "m2dit-show-mask=launch.show_mask:run",
+            "m2dit-export=launch.export:run",
+            "m2dit-convert=launch.convert:run",
+            "m2dit-precompute=launch.precompute:run",
         ]
     },
 )

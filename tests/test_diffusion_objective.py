@@ -149,9 +149,37 @@ def test_loss_fn_is_differentiable_under_jit_and_deterministic():
     assert np.isfinite(float(g1)) and float(g1) == float(g2)
 
 
+def test_caption_dropout_zeroes_whole_scene_captions_independently():
+    batch, rng = make_batch(5, b=64), jax.random.key(11)
+    seen = {}
+
+    def spy(latents, text_embeds, timesteps, *, num_scenes):
+        seen["text"] = text_embeds
+        return fake_model(latents, text_embeds, timesteps, num_scenes=num_scenes)
+
+    kw = dict(schedule=SCHED, num_scenes=S)
+    base, _ = loss_fn(fake_model, batch, rng, **kw)
+    same, _ = loss_fn(fake_model, batch, rng, caption_dropout=0.0, **kw)
+    assert float(base) == float(same)
+    loss_fn(spy, batch, rng, caption_dropout=0.5, **kw)
+    text = np.asarray(seen["text"]).reshape(64, S, T, D)
+    orig = np.asarray(batch["text_embeds"]).reshape(64, S, T, D)
+    dropped = np.all(text == 0, axis=(2, 3))
+    kept = np.all(text == orig, axis=(2, 3))
+    assert np.all(dropped ^ kept)  # each scene's caption is kept whole or zeroed whole
+    assert 0.3 < dropped.mean() < 0.7 and dropped.any(axis=1).sum() < 64
+    # t and noise draws do not depend on dropout: all-dropped equals zero captions.
+    all_dropped, _ = loss_fn(fake_model, batch, rng, caption_dropout=1.0, **kw)
+    zero_text = dict(batch, text_embeds=jnp.zeros_like(batch["text_embeds"]))
+    np.testing.assert_allclose(
+        float(all_dropped), float(loss_fn(fake_model, zero_text, rng, **kw)[0]), rtol=1e-6
+    )
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [
+        (dict(caption_dropout=-0.1), "caption_dropout"),
         (dict(target_scene="first"), "target_scene"),
         (dict(p_cond=1.5), "p_cond"),
         (dict(num_scenes=4), "num_scenes"),

@@ -51,6 +51,8 @@ def test_bad_config_and_inputs_raise():
         get_model_config("tiny", remat="some")
     with pytest.raises(ValueError, match="unknown model config fields"):
         get_model_config("tiny", heads=3)
+    with pytest.raises(ValueError, match="head_dim divisible by 16"):
+        get_model_config("tiny", positions="rope", head_dim=8)
     cfg = get_model_config("tiny")
     model = create_model(cfg)
     latents, text, t = _inputs(cfg, batch=2)

@@ -143,3 +143,12 @@ def test_data_and_model_sections_must_agree():
     msg = _message(config, devices=1)
     assert "data.text_dim=8 != model.text_dim=16" in msg
     assert "model.in_channels=12" in msg
+
+
+def test_diffusion_probabilities_are_range_checked():
+    config = tiny_config()
+    config.diffusion.p_cond = 1.5
+    config.diffusion.caption_dropout = -0.1
+    msg = _message(config, devices=1)
+    assert "diffusion.p_cond=1.5 must be in [0, 1]" in msg
+    assert "diffusion.caption_dropout=-0.1 must be in [0, 1]" in msg

@@ -10,20 +10,11 @@ from __future__ import annotations
 
 import jax
 
-from m2dit_jax.attention import dispatch
+from m2dit_jax.attention import dispatch, splash
 from m2dit_jax.layout import SceneLayout
 
 AUTO_SPLIT_MIN_TOKENS = 4096
-_SPLASH_OPTIONS = {
-    "block_q",
-    "block_kv",
-    "block_kv_compute",
-    "block_q_dkv",
-    "block_kv_dkv",
-    "block_q_dq",
-    "block_kv_dq",
-    "interpret",
-}
+_SPLASH_OPTIONS = splash.BLOCK_SIZE_OPTIONS | {"interpret"}
 _SPLIT_OPTIONS = {"impl", "block_q", "block_kv"}
 
 

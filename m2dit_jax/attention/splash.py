@@ -77,9 +77,8 @@ def _round_up(x: int, multiple: int) -> int:
     return -(-x // multiple) * multiple
 
 
-def resolve_block_sizes(seq_len: int, **options: int | None) -> splash.BlockSizes:
-    """Splash BlockSizes from the backend options (see module docstring)."""
-    unknown = set(options) - {
+BLOCK_SIZE_OPTIONS = frozenset(
+    {
         "block_q",
         "block_kv",
         "block_kv_compute",
@@ -88,6 +87,12 @@ def resolve_block_sizes(seq_len: int, **options: int | None) -> splash.BlockSize
         "block_q_dq",
         "block_kv_dq",
     }
+)
+
+
+def resolve_block_sizes(seq_len: int, **options: int | None) -> splash.BlockSizes:
+    """Splash BlockSizes from the backend options (see module docstring)."""
+    unknown = set(options) - BLOCK_SIZE_OPTIONS
     if unknown:
         raise ValueError(f"unknown splash block-size options {sorted(unknown)}")
     for name, value in options.items():

@@ -8,8 +8,10 @@ fits the shot, from a random start inside the shot.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -50,3 +52,34 @@ def stage2_offsets(
         return None
     start = int(rng.integers(0, num_frames - span(frames, stride) + 1))
     return start + stride * np.arange(frames)
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipSampling:
+    """Which frames a pixel source decodes per scene, and at what size (from the data config)."""
+
+    frames: int
+    height: int
+    width: int
+    stage1_stride: int
+    stage2_strides: tuple[int, ...]
+    middle_fraction: float
+
+    @classmethod
+    def from_config(cls, config: Any) -> ClipSampling:
+        return cls(
+            frames=int(config.frames),
+            height=int(config.height),
+            width=int(config.width),
+            stage1_stride=int(config.stage1_stride),
+            stage2_strides=tuple(int(s) for s in config.stage2_strides),
+            middle_fraction=float(config.middle_fraction),
+        )
+
+    def offsets(self, num_frames: int, stage: int, rng: np.random.Generator) -> np.ndarray | None:
+        """(frames,) source frame indices by the stage's rule, or None when too short."""
+        if stage == 1:
+            return stage1_offsets(
+                num_frames, self.frames, self.stage1_stride, self.middle_fraction, rng
+            )
+        return stage2_offsets(num_frames, self.frames, self.stage2_strides, rng)

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from m2dit_jax.data.bad_input import BadSample, empty_counts, log_once
-from m2dit_jax.data.frame_sampling import stage1_offsets, stage2_offsets
+from m2dit_jax.data.frame_sampling import ClipSampling
 from m2dit_jax.data.video_io import decode_frames, probe
 
 
@@ -102,15 +102,8 @@ class ManifestSource:
     def __init__(self, config):
         self.path = config.path
         self.num_scenes = int(config.num_scenes)
-        self.frames, self.height, self.width = (
-            int(config.frames),
-            int(config.height),
-            int(config.width),
-        )
+        self.clip = ClipSampling.from_config(config)
         self.stage = int(config.stage)
-        self.stride = int(config.stage1_stride)
-        self.strides = tuple(int(s) for s in config.stage2_strides)
-        self.middle_fraction = float(config.middle_fraction)
         entries, self.initial_skips = parse_manifest(self.path, strict=bool(config.strict))
         if self.stage == 1:
             self.units = [(e, i) for e in entries for i in range(len(e.shots))]
@@ -143,18 +136,20 @@ class ManifestSource:
         start = shot.start or 0.0
         end = min(shot.end, total / fps) if shot.end is not None else total / fps
         available = int(np.floor((end - start) * fps + 1e-6))
-        if stage == 1:
-            offsets = stage1_offsets(available, self.frames, self.stride, self.middle_fraction, rng)
-        else:
-            offsets = stage2_offsets(available, self.frames, self.strides, rng)
+        offsets = self.clip.offsets(available, stage, rng)
         if offsets is None:
             raise BadSample(
                 "too_short",
                 f"{name}@{start:.2f}s",
-                f"{available} frames, stage {stage} needs {self.frames} (stride rules)",
+                f"{available} frames, stage {stage} needs {self.clip.frames} (stride rules)",
             )
         return decode_frames(
-            name, offsets, start_time=start, height=self.height, width=self.width, name=name
+            name,
+            offsets,
+            start_time=start,
+            height=self.clip.height,
+            width=self.clip.width,
+            name=name,
         )
 
     def load(self, units: Sequence[int], rng: np.random.Generator) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from m2dit_jax.data.bad_input import BadSample, empty_counts
-from m2dit_jax.data.frame_sampling import stage1_offsets, stage2_offsets
+from m2dit_jax.data.frame_sampling import ClipSampling
 from m2dit_jax.data.video_io import decode_frames, probe
 
 
@@ -26,15 +26,8 @@ class TfdsSource:
     def __init__(self, config):
         self.name, self.data_dir, self.split = config.tfds_name, config.path, config.tfds_split
         self.num_scenes = int(config.num_scenes)
-        self.frames, self.height, self.width = (
-            int(config.frames),
-            int(config.height),
-            int(config.width),
-        )
+        self.clip = ClipSampling.from_config(config)
         self.stage = int(config.stage)
-        self.stride = int(config.stage1_stride)
-        self.strides = tuple(int(s) for s in config.stage2_strides)
-        self.middle_fraction = float(config.middle_fraction)
         self.units_per_sample = self.num_scenes if self.stage == 1 else 1
         self.initial_skips = empty_counts()
         self._records = None
@@ -78,13 +71,12 @@ class TfdsSource:
 
     def _clip(self, data: bytes, name: str, rng, stage: int) -> np.ndarray:
         available, _ = probe(data, name)
-        if stage == 1:
-            offsets = stage1_offsets(available, self.frames, self.stride, self.middle_fraction, rng)
-        else:
-            offsets = stage2_offsets(available, self.frames, self.strides, rng)
+        offsets = self.clip.offsets(available, stage, rng)
         if offsets is None:
-            raise BadSample("too_short", name, f"{available} frames, need {self.frames}")
-        return decode_frames(data, offsets, height=self.height, width=self.width, name=name)
+            raise BadSample("too_short", name, f"{available} frames, need {self.clip.frames}")
+        return decode_frames(
+            data, offsets, height=self.clip.height, width=self.clip.width, name=name
+        )
 
     def load(self, units: Sequence[int], rng: np.random.Generator) -> dict[str, Any]:
         clips, captions, ids = [], [], []

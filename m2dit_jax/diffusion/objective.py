@@ -145,6 +145,7 @@ def loss_fn(
     num_scenes: int,
     p_cond: float = 0.0,
     target_scene: str = "last",
+    caption_dropout: float = 0.0,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Mask²DiT v-prediction loss of one batch; jit- and ``nnx.value_and_grad``-friendly.
 
@@ -157,6 +158,9 @@ def loss_fn(
       num_scenes: S.
       p_cond: probability that a sample is conditional (release stage 2: 0.5).
       target_scene: "last" (release) or "random" (uniform among scenes 2..S).
+      caption_dropout: probability that a scene's caption is replaced by zero embeddings
+        (each scene on its own), which trains the unconditional branch that classifier-free
+        guidance needs; zeros are ``generate``'s default negative. The release uses 0.
 
     Returns:
       (loss scalar, metrics) — see ``diffusion_loss``.
@@ -164,6 +168,8 @@ def loss_fn(
     for key in ("latents", "text_embeds"):
         if key not in batch:
             raise ValueError(f"batch is missing {key!r}; has {sorted(batch)}")
+    if not 0.0 <= caption_dropout <= 1.0:
+        raise ValueError(f"caption_dropout must be in [0, 1], got {caption_dropout}")
     latents = batch["latents"]
     b = latents.shape[0]
     k_t, k_noise, k_mask = jax.random.split(rng, 3)
@@ -176,10 +182,18 @@ def loss_fn(
         gen = jnp.asarray(gen).astype(bool)
     else:
         gen = sample_generate_mask(k_mask, b, num_scenes, p_cond=p_cond, target_scene=target_scene)
+    text = batch["text_embeds"]
+    if caption_dropout > 0.0:
+        # A separate stream (not a 4-way split of rng) keeps t/noise/mask draws unchanged.
+        k_drop = jax.random.fold_in(rng, 1)
+        drop = jax.random.uniform(k_drop, (b, num_scenes)) < caption_dropout
+        tokens_per_scene = text.shape[1] // num_scenes
+        keep = jnp.repeat(~drop, tokens_per_scene, axis=1)[..., None]
+        text = jnp.where(keep, text, jnp.zeros((), text.dtype))
     return diffusion_loss(
         model,
         latents,
-        batch["text_embeds"],
+        text,
         noise,
         t,
         gen,

@@ -152,8 +152,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     width = config.num_heads * config.head_dim
     if config.positions == "sincos" and width % 16:
         raise ValueError(f"sincos positions need num_heads*head_dim divisible by 16, got {width}")
-    if config.positions == "rope" and config.head_dim % 8:
-        raise ValueError(f"rope positions need head_dim divisible by 8, got {config.head_dim}")
+    if config.positions == "rope" and config.head_dim % 16:
+        raise ValueError(f"rope positions need head_dim divisible by 16, got {config.head_dim}")
     for name in ("sample_height", "sample_width"):
         if config.get(name) % config.patch_size:
             raise ValueError(

@@ -124,8 +124,9 @@ def rope_tables(
     linspace: integers when the grid equals the base (sample) grid, fractional otherwise.
     ``base_h``/``base_w`` are the sample grid in tokens (sample_height / patch_size, ...).
     """
-    if head_dim % 8:
-        raise ValueError(f"RoPE head_dim must be divisible by 8, got {head_dim}")
+    if head_dim % 16:
+        # t takes hd/4 and h, w 3hd/8 each; every part must hold whole (cos, sin) pairs.
+        raise ValueError(f"RoPE head_dim must be divisible by 16, got {head_dim}")
     dim_t, dim_s = head_dim // 4, head_dim // 8 * 3
     (top, left), (bottom, right) = crop_region(grid_h, grid_w, base_h, base_w)
     pos_h = _torch_linspace_f32(top, bottom * (grid_h - 1) / grid_h, grid_h)

@@ -162,6 +162,10 @@ def check_config(
         )
     if not 0.0 <= config.diffusion.p_cond <= 1.0:
         errors.append(f"diffusion.p_cond={config.diffusion.p_cond} must be in [0, 1]")
+    if not 0.0 <= config.diffusion.caption_dropout <= 1.0:
+        errors.append(
+            f"diffusion.caption_dropout={config.diffusion.caption_dropout} must be in [0, 1]"
+        )
     if config.distributed.initialize not in ("auto", "always", "never"):
         errors.append(
             f"distributed.initialize={config.distributed.initialize!r} must be auto|always|never"

@@ -31,6 +31,9 @@ def diffusion_defaults() -> ml_collections.ConfigDict:
             # `cond` mask of its own; data sources normally sample mask 2 themselves.
             p_cond=0.0,
             target_scene="last",  # "last" | "random"
+            # Per-scene probability of training on a zeroed caption (classifier-free guidance
+            # needs it; the release trains without, so sample it with guidance_scale 1).
+            caption_dropout=0.0,
         )
     )
 

@@ -118,6 +118,7 @@ def _make_loss(config: ml_collections.ConfigDict):
         num_scenes=int(config.data.num_scenes),
         p_cond=float(d.p_cond),
         target_scene=str(d.target_scene),
+        caption_dropout=float(d.caption_dropout),
     )
 
 
