@@ -1,6 +1,6 @@
 """Reproduces the mask ablation: Mask²DiT mask 1 vs no mask vs independent scenes.
 
-    python benchmarks/ablation.py --out runs/ablation --steps 600 --seeds 0 1
+    python benchmarks/ablation.py --out runs/ablation --steps 1500 --seeds 0 1 --num_eval 96
 
 Trains every (variant, seed) in ``OUT/<variant>_s<seed>`` (skipped when its result exists, so
 the script can be re-run to add seeds), samples the same held-out scripts with each model, and
@@ -25,7 +25,7 @@ from m2dit_jax.layout import MASK_MODES  # noqa: E402
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default="runs/ablation")
-    parser.add_argument("--steps", type=int, default=600, help="training steps per run")
+    parser.add_argument("--steps", type=int, default=1500, help="training steps per run")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--variants", nargs="+", default=list(MASK_MODES), choices=MASK_MODES)
     parser.add_argument("--num_eval", type=int, default=48)
