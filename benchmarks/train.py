@@ -60,19 +60,18 @@ def run(name: str, steps: int, dtype: str, tokens_scale: float) -> dict:
     from m2dit_jax.sharding import make_mesh
     from m2dit_jax.train.config_checks import check_config, model_layout
     from m2dit_jax.train.metrics import peak_tflops_per_device, throughput
-    from m2dit_jax.train.optimizer import make_optimizer
+    from m2dit_jax.train.program import build_train_program
     from m2dit_jax.train.state import count_params, init_train_state, split_model
-    from m2dit_jax.train.step import batch_shardings, make_train_step
-    from m2dit_jax.train.trainer import _make_loss
+    from m2dit_jax.train.step import batch_shardings
 
     config = bench_config(name, dtype, tokens_scale)
     mesh = make_mesh(check_config(config, num_devices=jax.device_count()))
     layout = model_layout(config)
     m, b, s = config.model, int(config.train.batch_size), layout.num_scenes
     with jax.set_mesh(mesh):
-        parts, params = split_model(create_model(m, seed=0, mesh=mesh))
-        tx, schedule = make_optimizer(config.optim, 1000)
-        state, shardings = init_train_state(params, tx, mesh, 0)
+        program = build_train_program(config, mesh)
+        _, params = split_model(create_model(m, seed=0, mesh=mesh))
+        state, _ = init_train_state(params, program.tx, mesh, 0)
         del params
         rng = np.random.default_rng(0)
         host = {
@@ -84,15 +83,7 @@ def run(name: str, steps: int, dtype: str, tokens_scale: float) -> dict:
         }
         b_sh = batch_shardings(mesh, host)
         batch = {k: jax.device_put(v, b_sh[k]) for k, v in host.items()}
-        step = make_train_step(
-            parts,
-            tx,
-            schedule,
-            _make_loss(config),
-            state_shardings=shardings,
-            batch_sharding=b_sh,
-            ema_decay=float(config.optim.ema_decay),
-        )
+        step = program.step_for(b_sh)
         t0 = time.perf_counter()
         state, metrics = step(state, batch)
         jax.block_until_ready(metrics)

@@ -33,12 +33,11 @@ def release_config(model_name: str, *, stage: int, name: str):
     config.data.path = ""  # latent shard directory / glob; set on the command line
     config.data.num_scenes = 3
     config.data.stage = stage
-    config.data.p_cond = 0.5 if stage == 2 else 0.0
     config.data.num_workers = 4
     config.data.prefetch_buffer_size = 2
 
     config.diffusion.snr_shift_scale = 1.0 if model_name == "cogvideox_5b" else 3.0
-    config.diffusion.p_cond = config.data.p_cond
+    config.diffusion.p_cond = 0.5 if stage == 2 else 0.0  # mask 2 is sampled by the objective
     config.diffusion.target_scene = "last"
 
     config.optim.learning_rate = 1e-5
@@ -64,7 +63,7 @@ def release_config(model_name: str, *, stage: int, name: str):
     config.train.log_every = 10
     config.train.checkpoint_every = 250
     config.train.keep_checkpoints = 3
-    config.train.eval_batches = 0
+    config.eval.batches = 0
     config.train.max_consecutive_nonfinite = 20
     config.train.compilation_cache_dir = ""
     return config

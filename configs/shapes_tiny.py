@@ -80,5 +80,5 @@ def get_config():
     config.train.log_every = 50
     config.train.checkpoint_every = 250
     config.train.keep_checkpoints = 3
-    config.train.eval_batches = 4
+    config.eval.batches = 4
     return config

@@ -31,7 +31,6 @@ import numpy as np
 # p_cond = 0.25 so that a quarter of the samples train mask-2 scene extension (the target is the
 # last scene) — without it `extend` would be untrained; the step count sets the time budget.
 DEMO_OVERRIDES: dict[str, Any] = {
-    "data.p_cond": 0.25,
     "diffusion.p_cond": 0.25,
     "train.num_steps": 1500,
     "train.checkpoint_every": 500,

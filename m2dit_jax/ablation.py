@@ -48,7 +48,7 @@ def variant_config(mask_mode: str, seed: int, num_steps: int, overrides: dict | 
             "seed": seed,
             "train.num_steps": num_steps,
             "train.checkpoint_every": num_steps,
-            "train.eval_batches": 0,
+            "eval.batches": 0,
             **(overrides or {}),
         }
     )

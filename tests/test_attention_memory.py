@@ -16,7 +16,8 @@ TEMP_BOUND = 256 * 2**20
 
 def _compiled_value_and_grad(backend):
     spec = jax.ShapeDtypeStruct((1, LAYOUT_5B.seq_len, HEADS, HEAD_DIM), jnp.float32)
-    loss = lambda q, k, v: masked_attention(q, k, v, LAYOUT_5B, backend=backend).sum()
+    opts = {"interpret": True} if backend == "splash" else {}
+    loss = lambda q, k, v: masked_attention(q, k, v, LAYOUT_5B, backend=backend, **opts).sum()
     fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
     return fn.lower(spec, spec, spec).compile()
 

@@ -47,6 +47,8 @@ def _loss(fn):
 
 
 def _assert_matches_xla(layout, q, k, v, tol, backend="splash", **opts):
+    if backend == "splash":
+        opts.setdefault("interpret", True)
     fn = lambda q, k, v: masked_attention(q, k, v, layout, backend=backend, **opts)
     ref = lambda q, k, v: masked_attention(q, k, v, layout, backend="xla")
     out = jax.jit(fn)(q, k, v)
@@ -98,7 +100,7 @@ def test_splash_under_data_context_tensor_mesh():
     ref = masked_attention(q, k, v, layout)
     ref_grads = jax.grad(_loss(lambda *a: masked_attention(*a, layout)), argnums=(0, 1, 2))(q, k, v)
     mesh = make_mesh({"data": 2, "context": 2, "tensor": 2})
-    fn = lambda q, k, v: masked_attention(q, k, v, layout, backend="splash")
+    fn = lambda q, k, v: masked_attention(q, k, v, layout, backend="splash", interpret=True)
     with jax.set_mesh(mesh):
         sharding = named_sharding(mesh, ("batch", "seq", "heads", "head_dim"))
         qs, ks, vs = (jax.device_put(x, sharding) for x in (q, k, v))
@@ -118,6 +120,14 @@ def test_scene_mask_is_mask1_and_hashable():
     assert not dense[:n, n:].any() and not dense[n:, :n].any() and dense[n:, n:].all()
     assert mask == SceneMask(layout, 48) and hash(mask) == hash(SceneMask(layout, 48))
     assert mask != SceneMask(layout, 56)
+
+
+def test_splash_off_tpu_refuses_unless_interpret_is_explicit():
+    layout = SceneLayout(2, 5, 1, 2, 2, text_pad_to=8)
+    q, k, v = _qkv(layout)
+    for opts in ({}, {"interpret": False}):
+        with pytest.raises(ValueError, match="interpret=True"):
+            masked_attention(q, k, v, layout, backend="splash", **opts)
 
 
 def test_splash_option_errors():

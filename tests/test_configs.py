@@ -48,7 +48,7 @@ def test_release_configs_follow_the_recipe(name):
     assert c.model.dtype == "bfloat16" and c.model.remat == "full"
     assert c.train.batch_size == 8
     sft = name.endswith("sft")
-    assert c.data.p_cond == (0.5 if sft else 0.0) and c.data.stage == (2 if sft else 1)
+    assert c.diffusion.p_cond == (0.5 if sft else 0.0) and c.data.stage == (2 if sft else 1)
     assert model_layout(c).seq_len == 3 * 226 + 3 * 13 * 30 * 45  # 53,328
     is_5b = "5b" in name
     assert c.model.num_layers == (42 if is_5b else 30)

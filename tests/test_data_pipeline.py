@@ -30,15 +30,14 @@ def test_synthetic_batch_shapes_and_dtypes():
     expected = {
         "video": ((4, 12, 16, 16, 3), np.uint8),
         "captions": ((4, 3), object),
-        "cond": ((4, 3), np.bool_),
         "ids": ((4,), np.int64),
         "attrs_colour": ((4, 3), np.int32),
         "attrs_motion": ((4, 3), np.int32),
         "attrs_shape": ((4,), np.int32),
         "attrs_background": ((4,), np.int32),
     }
+    # No `cond`: mask 2 is sampled by the objective (diffusion.p_cond), not by the loader.
     assert {k: (v.shape, v.dtype) for k, v in batch.items()} == expected
-    assert batch["cond"].all()  # p_cond = 0
 
 
 def test_same_seed_same_batches_other_seed_other_order():
@@ -59,11 +58,11 @@ def test_epochs_cover_everything_and_reshuffle():
 def test_exact_resume_mid_epoch_and_through_orbax(tmp_path):
     import orbax.checkpoint as ocp
 
-    it = make_dataset(_config(p_cond=0.5), seed=2, batch_size=4)
+    it = make_dataset(_config(), seed=2, batch_size=4)
     _take(it, 5)
     state = it.get_state()
     expected = _take(it, 4)
-    resumed = make_dataset(_config(p_cond=0.5), seed=2, batch_size=4)
+    resumed = make_dataset(_config(), seed=2, batch_size=4)
     resumed.set_state(state)
     for x, y in zip(expected, _take(resumed, 4)):
         for key in x:
@@ -72,7 +71,7 @@ def test_exact_resume_mid_epoch_and_through_orbax(tmp_path):
     ckpt = ocp.Checkpointer(grain.checkpoint.CheckpointHandler())
     ckpt.save(tmp_path / "it", args=grain.checkpoint.CheckpointSave(resumed))
     after = next(resumed)
-    fresh = make_dataset(_config(p_cond=0.5), seed=2, batch_size=4)
+    fresh = make_dataset(_config(), seed=2, batch_size=4)
     ckpt.restore(tmp_path / "it", args=grain.checkpoint.CheckpointRestore(fresh))
     np.testing.assert_array_equal(next(fresh)["video"], after["video"])
 
@@ -99,15 +98,11 @@ def test_same_batches_with_worker_processes():
         np.testing.assert_array_equal(x, y)
 
 
-def test_cond_follows_p_cond():
-    always = next(make_dataset(_config(p_cond=1.0), seed=0, batch_size=8))["cond"]
-    assert always.tolist() == [[False, False, True]] * 8
-    half = np.concatenate(
-        [b["cond"] for b in _take(make_dataset(_config(p_cond=0.5), seed=0, batch_size=16), 8)]
-    )
-    conditional = ~half[:, 0]
-    assert 0.35 < conditional.mean() < 0.65
-    assert half[:, -1].all() and (half[:, 0] == half[:, 1]).all()
+def test_data_p_cond_is_refused_with_the_field_that_replaced_it():
+    config = _config()
+    config.p_cond = 0.5
+    with pytest.raises(ValueError, match="diffusion.p_cond"):
+        validate_data_config(config)
 
 
 def test_encode_stage_adds_text_and_latents():
@@ -162,7 +157,6 @@ def test_latents_source(tmp_path):
     [
         (dict(source="webdataset"), "source"),
         (dict(stage=3), "stage"),
-        (dict(p_cond=1.5), "p_cond"),
         (dict(source="manifest"), "path"),
         (dict(video_encoder="space_to_depth", patch_s=3), "patch_s"),
         (dict(source="latents", path="x", text_encoder="hashed"), "text_encoder"),

@@ -12,6 +12,7 @@ from m2dit_jax.diffusion import (
     sample_generate_mask,
     split_scenes,
 )
+from m2dit_jax.rng import stream
 
 S, F, H, W, C, T, D = 3, 2, 4, 4, 4, 5, 8
 SCHED = CogVideoXSchedule.create(snr_shift_scale=3.0)
@@ -40,8 +41,8 @@ def test_unconditional_loss_equals_hand_computation():
     loss, metrics = jax.jit(lambda b, r: loss_fn(fake_model, b, r, schedule=SCHED, num_scenes=S))(
         batch, rng
     )
-    # Same draws as loss_fn: t, then noise.
-    k_t, k_noise, _ = jax.random.split(rng, 3)
+    # Same draws as loss_fn: its named "timesteps" and "noise" streams.
+    k_t, k_noise = stream(rng, "timesteps"), stream(rng, "noise")
     t = np.asarray(jax.random.randint(k_t, (2,), 0, 1000, dtype=jnp.int32))
     eps = np.asarray(jax.random.normal(k_noise, batch["latents"].shape), np.float64)
     x0 = np.asarray(batch["latents"], np.float64)
@@ -236,7 +237,7 @@ def test_tiny_model_loss_is_hand_computable_and_trains_with_nnx_grad():
 
     (loss, metrics), grads = step(model, batch, rng)
 
-    k_t, k_noise, _ = jax.random.split(rng, 3)
+    k_t, k_noise = stream(rng, "timesteps"), stream(rng, "noise")
     t = jax.random.randint(k_t, (2,), 0, 1000, dtype=jnp.int32)
     eps = np.asarray(jax.random.normal(k_noise, batch["latents"].shape), np.float64)
     x0 = np.asarray(batch["latents"], np.float64)
@@ -250,3 +251,23 @@ def test_tiny_model_loss_is_hand_computable_and_trains_with_nnx_grad():
     leaves = jax.tree.leaves(grads)
     assert leaves and all(np.all(np.isfinite(np.asarray(g))) for g in leaves)
     assert any(float(jnp.abs(g).sum()) > 0 for g in leaves)
+
+
+def test_fp16_latents_get_f32_noise_and_f32_maths():
+    # fp16 shards: the noise and the schedule maths stay f32 (fp16 noise has ~1k values).
+    batch = make_batch(3, b=4)
+    half = {k: v.astype(jnp.float16) for k, v in batch.items()}
+    seen = {}
+
+    def spy(latents, text_embeds, timesteps, *, num_scenes):
+        seen["latents"], seen["text"] = latents.dtype, text_embeds.dtype
+        return fake_model(latents, text_embeds, timesteps, num_scenes=num_scenes)
+
+    rng = jax.random.key(5)
+    loss16, _ = loss_fn(spy, half, rng, schedule=SCHED, num_scenes=S)
+    assert seen == {"latents": jnp.float32, "text": jnp.float32}
+    loss32, _ = loss_fn(fake_model, jax.tree.map(lambda x: x.astype(jnp.float32), half), rng,
+                        schedule=SCHED, num_scenes=S)  # fmt: skip
+    assert float(loss16) == float(loss32)  # same f32 computation on the fp16-stored values
+    noise = jax.random.normal(stream(rng, "noise"), (4, S * F, H, W, C), jnp.float32)
+    assert len(np.unique(np.asarray(noise))) == noise.size  # f32: no repeated values

@@ -20,12 +20,12 @@ def _tiny_config():
     config.model.num_heads = 2
     config.model.head_dim = 16
     config.model.time_embed_dim = 32
-    config.data.p_cond = 0.5  # exercise mask-2 training too
+    config.diffusion.p_cond = 0.5  # exercise mask-2 training too
     config.train.num_steps = 2
     config.train.batch_size = 8
     config.train.log_every = 1
     config.train.checkpoint_every = 2
-    config.train.eval_batches = 0
+    config.eval.batches = 0
     config.optim.warmup_steps = 1
     return config
 
@@ -172,7 +172,7 @@ def test_demo_writes_every_artifact(tmp_path):
         "train.num_steps": 2,
         "train.batch_size": 8,
         "train.checkpoint_every": 2,
-        "train.eval_batches": 0,
+        "eval.batches": 0,
         "optim.warmup_steps": 1,
     }
     report = demo.run_demo(

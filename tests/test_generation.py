@@ -14,6 +14,7 @@ from m2dit_jax.diffusion import (
     split_scenes,
 )
 from m2dit_jax.model import create_model, get_model_config
+from m2dit_jax.rng import stream
 from m2dit_jax.sharding import make_mesh
 
 CFG = get_model_config("tiny")
@@ -74,7 +75,7 @@ def test_generate_matches_an_unjitted_two_pass_cfg_reference(model):
         v_u = model(x, neg_full, t, num_scenes=2)
         return v_u + 6.0 * (v_c - v_u)
 
-    noise = jax.random.normal(jax.random.split(jax.random.key(4))[0], out.shape)
+    noise = jax.random.normal(stream(4, "sample_noise"), out.shape)
     want = ddim_sample(two_pass, noise, schedule=SCHED, num_steps=3, num_scenes=2)
     np.testing.assert_allclose(out, want, atol=2e-5)
 
@@ -131,7 +132,7 @@ def test_extend_chain_grows_and_slides_its_window(model):
     np.testing.assert_array_equal(out[:, :6], prior)
     assert np.all(np.isfinite(np.asarray(out)))
     # Only the last window - 1 scenes matter: dropping scene 0 changes nothing.
-    key = jax.random.fold_in(jax.random.key(3), 0)
+    key = jax.random.fold_in(stream(3, "extension"), 0)
     full = extend(model, prior, captions[0], scene_text=prior_text, seed=key, **kw)
     tail = extend(model, prior[:, 2:], captions[0], scene_text=prior_text[:, T:], seed=key, **kw)
     np.testing.assert_array_equal(full[:, 6:], tail[:, 4:])

@@ -216,7 +216,10 @@ def _single_device_reference():
 def test_sharded_forward_matches_single_device(backend):
     mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
     (latents, text, per_scene_t), want = _single_device_reference()
-    cfg = get_model_config("tiny", scan_layers=True, attention_backend=backend)
+    options = {"interpret": True} if backend == "splash" else {}
+    cfg = get_model_config(
+        "tiny", scan_layers=True, attention_backend=backend, attention_options=options
+    )
     sharded = create_model(cfg, seed=7, mesh=mesh)
     with jax.set_mesh(mesh):
         got = forward(sharded, latents, text, per_scene_t, num_scenes=S)
@@ -240,7 +243,11 @@ def test_params_that_do_not_divide_the_mesh_are_replicated_on_that_axis():
     cfg = get_model_config("tiny", scan_layers=True)
     with jax.set_mesh(mesh):  # NNX eager sharding path (direct construction)
         direct = Mask2DiT(cfg, rngs=nnx.Rngs(0))
-    born = create_model(cfg, mesh=mesh)  # jitted out_shardings path
+    from m2dit_jax.model import create as create_module
+
+    create_module._WARNED.clear()  # warned once per process: make this test see it
+    with pytest.warns(RuntimeWarning, match=r"replicated on those axes.*to_q/kernel dim 2 \(2\)"):
+        born = create_model(cfg, mesh=mesh)  # jitted out_shardings path
     for model in (direct, born):
         q = model.blocks.attn.to_q.kernel.get_value()
         assert q.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", None, None)

@@ -61,13 +61,13 @@ def tiny_config(heads: int = 2, **train_overrides):
             checkpoint_every=2,
             keep_checkpoints=5,
             progress_bar=False,
-            eval_batches=0,
             peak_tflops_per_device=1.0,
             tensorboard=False,
             compilation_cache_dir=COMPILE_CACHE,
         )
     )
     config.train.update(train_overrides)
+    config.eval.batches = 0
     return config
 
 

@@ -20,11 +20,11 @@ def test_shapes_tiny_loss_goes_down(tmp_path):
             num_steps=30,
             log_every=10,
             checkpoint_every=30,
-            eval_batches=1,
             progress_bar=False,
             compilation_cache_dir=COMPILE_CACHE,
         )
     )
+    config.eval.update(dict(batches=1, every=20))
     result = train_and_evaluate(config, str(tmp_path))
     losses = np.asarray(result["losses"])
     assert losses.shape == (30,) and np.isfinite(losses).all()
@@ -43,4 +43,8 @@ def test_shapes_tiny_loss_goes_down(tmp_path):
         "step_time_s",
     ):
         assert key in last, sorted(last)
+    assert "data_time_s" in last
     assert rows[-1]["eval/loss"] > 0 and os.listdir(os.path.join(tmp_path, "tb"))
+    # eval.every=20 -> a held-out loss at step 20 too, on the same fixed batches and noise.
+    evals = [r for r in rows if "eval/loss" in r]
+    assert [r["step"] for r in evals] == [20, 30], evals

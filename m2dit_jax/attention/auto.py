@@ -20,7 +20,7 @@ _SPLIT_OPTIONS = {"impl", "block_q", "block_kv"}
 
 def choose_backend(layout: SceneLayout, platform: str | None = None) -> str:
     """Backend name ``auto`` runs for this layout on ``platform`` (default: jax's)."""
-    platform = platform or jax.devices()[0].platform
+    platform = platform or dispatch.target_platform()
     if platform == "tpu":
         return "splash"
     if platform == "gpu" or layout.seq_len > AUTO_SPLIT_MIN_TOKENS:
@@ -30,7 +30,13 @@ def choose_backend(layout: SceneLayout, platform: str | None = None) -> str:
 
 def auto_attention(q, k, v, layout: SceneLayout, *, scale: float, **options) -> jax.Array:
     """(B, L, H, Dh) mask-1 attention through ``choose_backend(layout)``."""
-    name = choose_backend(layout)
+    platform = dispatch.target_platform()
+    name = choose_backend(layout, platform)
+    dispatch.log_choice_once(
+        ("auto", layout, platform),
+        f"attention backend 'auto' -> {name!r} on {platform} for {layout.seq_len} tokens "
+        f"({layout})",
+    )
     allowed = {"splash": _SPLASH_OPTIONS, "split": _SPLIT_OPTIONS, "xla": set()}[name]
     unknown = set(options) - _SPLASH_OPTIONS - _SPLIT_OPTIONS
     if unknown:

@@ -7,8 +7,9 @@ same function: softmax(q k^T * scale + mask1) v, with f32 softmax statistics.
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 
 import jax
 
@@ -18,9 +19,31 @@ from m2dit_jax.layout import SceneLayout
 AttentionFn = Callable[..., jax.Array]
 BACKENDS: dict[str, AttentionFn] = {}
 
+log = logging.getLogger(__name__)
+_LOGGED: set[Hashable] = set()
+
+
+def log_choice_once(key: Hashable, message: str) -> None:
+    """Logs (INFO) an automatic backend/impl choice the first time ``key`` is seen."""
+    if key not in _LOGGED:
+        _LOGGED.add(key)
+        log.info(message)
+
 
 def register_backend(name: str, fn: AttentionFn) -> None:
     BACKENDS[name] = fn
+
+
+def target_platform() -> str:
+    """The platform the program being traced is for: the active (abstract) mesh's device
+    platform when a mesh is set — so ahead-of-time compilation for a TPU topology on a CPU
+    host traces the TPU program — else jax's default device platform."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh is not None and not mesh.empty:
+        device = getattr(mesh, "abstract_device", None)
+        if device is not None and getattr(device, "platform", None):
+            return str(device.platform)
+    return jax.devices()[0].platform
 
 
 def _check_qkv(q, k, v, layout: SceneLayout) -> None:
@@ -56,7 +79,7 @@ def masked_attention(
       q, k, v: (B, L, H, Dh) with L == layout.seq_len.
       layout: the scene layout that defines the mask.
       backend: a name in ``BACKENDS``: "xla" (dense reference), "split" (mask-free parts),
-        "splash" (TPU Pallas kernel; interpret mode elsewhere), "auto" (picks per platform).
+        "splash" (TPU Pallas kernel; off TPU only with interpret=True), "auto" (picks per platform).
       scale: logit scale, default 1/sqrt(Dh).
       backend_options: passed to the backend (``impl``, ``block_q``, ``block_kv``, ...; see
         each backend), except ``mesh``: the mesh to shard over (default: the one set with

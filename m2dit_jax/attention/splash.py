@@ -3,8 +3,8 @@
 ``SceneMask`` evaluates ``SceneLayout.allowed`` from token indices (no mask array of any
 size): splash's preprocessing classifies each (block_q x block_kv) tile as empty (skipped),
 full (no mask work) or partial (predicate evaluated in the kernel). Forward and backward are
-splash's own kernels. On TPU it is the production path; elsewhere it runs with
-``interpret=True`` (slow, for tests).
+splash's own kernels. On TPU it is the production path; elsewhere it runs only when asked for
+with ``interpret=True`` (the Pallas interpreter: slow, for tests) and otherwise refuses.
 
 Pitfalls handled here:
 * splash does not scale q: q is multiplied by ``scale`` first;
@@ -19,7 +19,7 @@ Pitfalls handled here:
 Options (``masked_attention(..., backend="splash", **options)``): ``block_q``, ``block_kv``
 (default 512, clipped to the padded length), ``block_kv_compute``, ``block_q_dkv``,
 ``block_kv_dkv``, ``block_q_dq``, ``block_kv_dq`` (default to block_q / block_kv),
-``interpret`` (default: True unless running on TPU).
+``interpret`` (default False; required True off TPU — never chosen silently).
 """
 
 from __future__ import annotations
@@ -186,13 +186,21 @@ def splash_attention(
       q, k, v: (B, L, H, Dh), L == layout.seq_len.
       layout: the scene layout (any ``mask_mode``).
       scale: logit scale (applied to q before the kernel).
-      interpret: Pallas interpret mode; default True off TPU.
+      interpret: Pallas interpret mode. ``None`` (default) compiles the kernel for TPU and
+        raises off TPU (the target platform, ``dispatch.target_platform``): pass True to
+        run the interpreter elsewhere.
       block_options: block sizes (see module docstring).
     Returns:
       (B, L, H, Dh) in q's dtype.
     """
-    if interpret is None:
-        interpret = jax.devices()[0].platform != "tpu"
+    if not interpret:
+        platform = dispatch.target_platform()
+        if platform != "tpu":
+            raise ValueError(
+                f"attention backend 'splash' is a TPU kernel and the target platform is "
+                f"{platform!r}: set attention_options.interpret=True to run it in the (slow) "
+                "Pallas interpreter, or use backend 'split' / 'auto'"
+            )
     blocks = resolve_block_sizes(layout.seq_len, **block_options)
     length = padded_length(layout.seq_len, blocks)
     kernel = scene_kernel(layout, q.shape[2], blocks, bool(interpret))

@@ -42,7 +42,7 @@ _CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
 
 def default_split_impl(dtype, head_dim: int) -> str:
     """cuDNN flash attention on GPU for half-precision inputs it supports, else chunked."""
-    platform = jax.devices()[0].platform
+    platform = dispatch.target_platform()
     if platform == "gpu" and dtype in _CUDNN_DTYPES and head_dim % 8 == 0 and head_dim <= 128:
         return "cudnn"
     return "chunked"
@@ -183,6 +183,14 @@ def split_attention(
         raise ValueError(f"split attention impl must be one of {SPLIT_IMPLS}, got {impl!r}")
     if impl == "auto":
         impl = default_split_impl(q.dtype, q.shape[-1])
+        dispatch.log_choice_once(
+            ("split", impl, str(q.dtype), q.shape[-1], dispatch.target_platform()),
+            f"split attention impl='auto' -> {impl!r} for {q.dtype} head_dim {q.shape[-1]} "
+            f"on {dispatch.target_platform()}"
+            + (
+                "" if impl == "cudnn" else " (cuDNN needs a GPU and bf16/f16, head_dim%8==0 <= 128)"
+            ),
+        )
     if impl in ("cudnn", "xla"):
         return _two_call_attention(q, k, v, layout, scale=scale, implementation=impl)
     attend: Callable

@@ -25,8 +25,6 @@ def default_data_config() -> ml_collections.ConfigDict:
       stage: 1 = S unrelated single-scene clips, stride ``stage1_stride`` from a random start
         inside the middle ``middle_fraction`` of the clip; 2 = S consecutive shots of one
         multi-shot video at the largest stride in ``stage2_strides`` that fits.
-      p_cond: probability that a sample is conditional (mask 2 ``cond`` = all scenes but the
-        last False). The release uses 0.5 in stage 2 and 0 in stage 1.
       num_workers: grain worker processes (0 = load in the main process).
       strict: raise ValueError on bad input instead of skipping and counting it.
       shuffle: seeded shuffle, reshuffled every epoch.
@@ -34,6 +32,8 @@ def default_data_config() -> ml_collections.ConfigDict:
       prefetch_buffer_size: batches read ahead per worker / in the main process.
       max_retries: consecutive bad inputs tolerated for one sample before giving up.
       stage1_stride, stage2_strides, middle_fraction: frame sampling (see ``stage``).
+      synthetic_split: "train" (scripts outside the held-out fraction) or "heldout" (only the
+        held-out scripts: the evaluation split).
       num_samples, holdout_fraction, synthetic_seed, object_size, step: synthetic_shapes epoch
         length, the share of scripts held out of training, the content seed (fixed data,
         independent of the shuffle seed), object size in px (0 = half the short side) and
@@ -53,7 +53,6 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.height = 16
     c.width = 16
     c.stage = 1
-    c.p_cond = 0.0
     c.num_workers = 0
     c.strict = False
     c.shuffle = True
@@ -66,6 +65,7 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.num_samples = 65_536
     c.holdout_fraction = 0.1
     c.synthetic_seed = 0
+    c.synthetic_split = "train"  # "train" | "heldout": which scripts synthetic_shapes draws
     c.object_size = 0
     c.step = 0
     c.text_encoder = "none"
@@ -89,7 +89,12 @@ def validate_data_config(c) -> None:
     for field in ("num_scenes", "frames", "height", "width", "stage1_stride", "max_retries"):
         need(int(c[field]) > 0, field, "must be a positive int")
     need(c.stage in (1, 2), "stage", "must be 1 or 2")
-    need(0.0 <= float(c.p_cond) <= 1.0, "p_cond", "must be in [0, 1]")
+    need(c.synthetic_split in ("train", "heldout"), "synthetic_split", "must be train|heldout")
+    if "p_cond" in c:
+        raise ValueError(
+            "data config field 'p_cond' was removed: mask 2 is sampled in one place, the "
+            "objective — set diffusion.p_cond (and diffusion.target_scene) instead"
+        )
     need(int(c.num_workers) >= 0, "num_workers", "must be >= 0")
     need(int(c.num_epochs) >= 0, "num_epochs", "must be >= 0 (0 = forever)")
     need(0.0 < float(c.middle_fraction) <= 1.0, "middle_fraction", "must be in (0, 1]")

@@ -3,7 +3,7 @@
     units (clips or samples) of this process's shard
       -> seeded shuffle, reshuffled per epoch -> repeat
       -> group S units per sample (stage-1 video sources) -> batch of unit indices
-      -> load + decode (bad inputs replaced, counted) -> cond (mask 2) -> encode stage
+      -> load + decode (bad inputs replaced, counted) -> encode stage
       -> to_iter_dataset -> mp_prefetch(num_workers) -> skip accounting
 
 Every batch is a pure function of (seed, process, batch position): the pipeline yields the
@@ -60,14 +60,6 @@ def build_source(config, *, process_index: int, process_count: int) -> SampleSou
     from m2dit_jax.data.sources import LatentsSampleSource
 
     return LatentsSampleSource(config)
-
-
-def sample_cond(rng: np.random.Generator, num_scenes: int, p_cond: float) -> np.ndarray:
-    """Mask 2 for one sample: (S,) bool, all True, or with prob ``p_cond`` only the last."""
-    cond = np.ones(num_scenes, bool)
-    if p_cond > 0 and num_scenes > 1 and rng.random() < p_cond:
-        cond[:-1] = False
-    return cond
 
 
 def _stack(examples: list[dict[str, Any]]) -> dict[str, np.ndarray]:
@@ -132,7 +124,6 @@ class BatchLoader:
         self.seed, self.process_index, self.process_count = seed, process_index, process_count
         self.num_local = local_unit_count(source.num_units, process_index, process_count)
         self.num_scenes = int(config.num_scenes)
-        self.p_cond = float(config.p_cond)
         self.strict = bool(config.strict)
         self.max_retries = int(config.max_retries)
         self.encode = EncodeStage(config)
@@ -155,7 +146,6 @@ class BatchLoader:
                 skips[SKIP_REASONS.index(error.reason)] += 1
                 units = rng.integers(self.num_local, size=len(units))
                 continue
-            example["cond"] = sample_cond(rng, self.num_scenes, self.p_cond)
             return example
         raise ValueError(
             f"{self.max_retries + 1} bad inputs in a row for one sample (last: {last_error}); "

@@ -30,6 +30,7 @@ class SyntheticShapesSampleSource:
             geometry,
             seed=int(config.synthetic_seed),
             holdout_fraction=float(config.holdout_fraction),
+            held_out=config.synthetic_split == "heldout",
         )
         self.num_units = len(self.shapes)
         self.initial_skips = empty_counts()

@@ -255,7 +255,8 @@ class SyntheticShapesSource:
 
     Keys: ``video`` (S*F, H, W, 3) uint8, ``captions`` (S,) object, ``id`` int64,
     ``attrs_colour`` (S,) int32, ``attrs_motion`` (S,) int32, ``attrs_shape`` int32,
-    ``attrs_background`` int32. Sample i is a pure function of (seed, i).
+    ``attrs_background`` int32. Sample i is a pure function of (seed, i). ``held_out`` draws
+    only the held-out scripts (the evaluation split) instead of only the training ones.
     """
 
     def __init__(
@@ -266,6 +267,7 @@ class SyntheticShapesSource:
         *,
         seed: int = 0,
         holdout_fraction: float = 0.1,
+        held_out: bool = False,
     ):
         if num_samples <= 0 or num_scenes <= 0:
             raise ValueError(
@@ -274,7 +276,9 @@ class SyntheticShapesSource:
         if not 0 <= holdout_fraction < 1:
             raise ValueError(f"holdout_fraction must be in [0, 1), got {holdout_fraction}")
         self.num_samples, self.num_scenes, self.geometry = num_samples, num_scenes, geometry
-        self.seed, self.holdout_fraction = seed, holdout_fraction
+        self.seed, self.holdout_fraction, self.held_out = seed, holdout_fraction, held_out
+        if held_out and holdout_fraction <= 0:
+            raise ValueError("the held-out split needs holdout_fraction > 0")
 
     def __len__(self) -> int:
         return self.num_samples
@@ -284,7 +288,7 @@ class SyntheticShapesSource:
         if not 0 <= index < self.num_samples:
             raise IndexError(f"sample {index} out of range [0, {self.num_samples})")
         rng = np.random.default_rng([self.seed, index])
-        script = sample_script(rng, self.num_scenes, self.holdout_fraction, held_out=False)
+        script = sample_script(rng, self.num_scenes, self.holdout_fraction, self.held_out)
         captions, video = render_script(script, self.geometry, seed=[self.seed, index, 1])
         return {
             "video": video,

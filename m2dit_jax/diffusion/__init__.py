@@ -3,6 +3,7 @@
 from m2dit_jax.diffusion.generation import extend, extend_chain, generate
 from m2dit_jax.diffusion.objective import (
     diffusion_loss,
+    eval_loss_fn,
     loss_fn,
     merge_scenes,
     sample_generate_mask,
@@ -20,6 +21,7 @@ __all__ = [
     "generate",
     "CogVideoXSchedule",
     "diffusion_loss",
+    "eval_loss_fn",
     "loss_fn",
     "merge_scenes",
     "sample_generate_mask",

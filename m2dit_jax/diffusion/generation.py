@@ -24,6 +24,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from m2dit_jax.diffusion.samplers import SAMPLERS, ddim_sample, dpm_sample
 from m2dit_jax.diffusion.schedule import CogVideoXSchedule
 from m2dit_jax.layout import extension_mask
+from m2dit_jax.rng import as_key, stream
 from m2dit_jax.sharding import constrain, named_sharding
 
 _BATCH5 = ("batch", None, None, None, None)
@@ -54,7 +55,7 @@ def _sampling_fn(model: Any, apply: Callable, static: tuple) -> Callable:
 
         def run(state, schedule, text, negative, guidance, rng, condition_latents):
             batch = text.shape[0]
-            k_noise, k_sampler = jax.random.split(rng)
+            k_noise, k_sampler = stream(rng, "sample_noise"), stream(rng, "sampler")
             f, h, w, c = scene_shape
             noise = jax.random.normal(k_noise, (batch, num_scenes * f, h, w, c), jnp.float32)
             noise = constrain(noise, _BATCH5)
@@ -96,9 +97,7 @@ def _check_common(num_steps: int, sampler: str, guidance_scale: float) -> None:
 
 
 def _rng(seed: int | jax.Array) -> jax.Array:
-    if isinstance(seed, (int, np.integer)):
-        return jax.random.key(int(seed))
-    return seed
+    return as_key(seed)
 
 
 def _place(mesh: Mesh | None, state: Any, arrays: list[Any]) -> tuple[Any, list[Any]]:
@@ -353,10 +352,11 @@ def extend_chain(
 ) -> jax.Array:
     """Calls ``extend`` once per caption in ``new_scene_texts``: S0 + K scenes out.
 
-    Step k uses the PRNG key ``fold_in(seed_key, k)``; other keyword arguments go to
+    Step k uses the PRNG key ``fold_in(stream(seed, "extension"), k)`` (never the key a
+    joint ``generate`` with the same seed draws its noise from); other keyword arguments go to
     ``extend`` (window, num_steps, guidance_scale, ...).
     """
-    key = _rng(seed)
+    key = stream(seed, "extension")
     latents, text = jnp.asarray(scene_latents), jnp.asarray(scene_text)
     for k, caption in enumerate(new_scene_texts):
         caption = jnp.asarray(caption)

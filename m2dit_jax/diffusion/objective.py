@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 from m2dit_jax.diffusion.schedule import CogVideoXSchedule
 from m2dit_jax.layout import check_generate_mask
+from m2dit_jax.rng import stream
 
 TARGET_SCENES = ("last", "random")
 
@@ -97,8 +98,9 @@ def diffusion_loss(
       metrics has ``loss``, ``loss_per_scene`` (S,) (mean over samples generating that scene,
       0 where none does), ``num_cond`` (conditional samples) and ``t_mean``.
     """
-    x0 = split_scenes(latents, num_scenes)
-    eps = split_scenes(noise, num_scenes)
+    # f32 whatever the storage dtype: fp16 noise has ~1k distinct values and no tails.
+    x0 = split_scenes(jnp.asarray(latents, jnp.float32), num_scenes)
+    eps = split_scenes(jnp.asarray(noise, jnp.float32), num_scenes)
     b = x0.shape[0]
     gen = jnp.asarray(generate_mask, bool)
     if gen.shape != (b, num_scenes):
@@ -136,6 +138,62 @@ def diffusion_loss(
     return loss, metrics
 
 
+def _generate_mask(batch, key, b, num_scenes, p_cond, target_scene) -> jax.Array:
+    """The batch's own ``cond`` (B, S) when it carries one, else sampled here (the one place
+    mask 2 is sampled)."""
+    if batch.get("cond") is not None:
+        gen = batch["cond"]
+        if not isinstance(gen, jax.core.Tracer):
+            check_generate_mask(gen, num_scenes)  # clear errors when the mask is concrete
+        return jnp.asarray(gen).astype(bool)
+    return sample_generate_mask(key, b, num_scenes, p_cond=p_cond, target_scene=target_scene)
+
+
+def _drop_captions(text, key, num_scenes: int, caption_dropout: float) -> jax.Array:
+    """Zeroes each scene's caption with probability ``caption_dropout`` (own key)."""
+    if caption_dropout <= 0.0:
+        return text
+    b = text.shape[0]
+    drop = jax.random.uniform(key, (b, num_scenes)) < caption_dropout
+    tokens_per_scene = text.shape[1] // num_scenes
+    keep = jnp.repeat(~drop, tokens_per_scene, axis=1)[..., None]
+    return jnp.where(keep, text, jnp.zeros((), text.dtype))
+
+
+def eval_loss_fn(
+    model: Denoiser,
+    batch: Mapping[str, Any],
+    key: jax.Array,
+    *,
+    schedule: CogVideoXSchedule,
+    num_scenes: int,
+    p_cond: float = 0.0,
+    target_scene: str = "last",
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Deterministic held-out loss: fixed, evenly spaced timesteps and noise from ``key``.
+
+    Sample i of a batch of B gets t = floor((i + 0.5) * T / B), so every batch covers the
+    whole schedule; noise and mask 2 come from ``key`` alone (no caption dropout). With the
+    same key and data two runs score their weights on identical inputs.
+    """
+    latents = jnp.asarray(batch["latents"]).astype(jnp.float32)
+    b = latents.shape[0]
+    n_t = schedule.num_train_timesteps
+    t = jnp.floor((jnp.arange(b) + 0.5) * n_t / b).astype(jnp.int32)
+    noise = jax.random.normal(stream(key, "noise"), latents.shape, jnp.float32)
+    gen = _generate_mask(batch, stream(key, "mask2"), b, num_scenes, p_cond, target_scene)
+    return diffusion_loss(
+        model,
+        latents,
+        jnp.asarray(batch["text_embeds"]).astype(jnp.float32),
+        noise,
+        t,
+        gen,
+        schedule=schedule,
+        num_scenes=num_scenes,
+    )
+
+
 def loss_fn(
     model: Denoiser,
     batch: Mapping[str, Any],
@@ -153,7 +211,8 @@ def loss_fn(
       model: the denoiser (``Mask2DiT`` or any callable with its signature).
       batch: ``latents`` (B, S*F, H, W, C), ``text_embeds`` (B, S*T, D); optional ``cond``
         (B, S) bool mask 2 (True = generated) used as is, else sampled with ``p_cond``.
-      rng: a PRNG key; draws t ~ U{0..T-1} per sample, the noise and (if needed) mask 2.
+      rng: a PRNG key; the named streams (``m2dit_jax.rng``) "timesteps" (t ~ U{0..T-1}
+        per sample), "noise", "mask2" and "caption_dropout" are derived from it, each once.
       schedule: the CogVideoX schedule.
       num_scenes: S.
       p_cond: probability that a sample is conditional (release stage 2: 0.5).
@@ -170,26 +229,16 @@ def loss_fn(
             raise ValueError(f"batch is missing {key!r}; has {sorted(batch)}")
     if not 0.0 <= caption_dropout <= 1.0:
         raise ValueError(f"caption_dropout must be in [0, 1], got {caption_dropout}")
-    latents = batch["latents"]
+    # Diffusion maths in f32 whatever the storage dtype (fp16/bf16 latent shards).
+    latents = jnp.asarray(batch["latents"]).astype(jnp.float32)
     b = latents.shape[0]
-    k_t, k_noise, k_mask = jax.random.split(rng, 3)
-    t = jax.random.randint(k_t, (b,), 0, schedule.num_train_timesteps, dtype=jnp.int32)
-    noise = jax.random.normal(k_noise, latents.shape, latents.dtype)
-    if batch.get("cond") is not None:
-        gen = batch["cond"]
-        if not isinstance(gen, jax.core.Tracer):
-            check_generate_mask(gen, num_scenes)  # clear errors when the mask is concrete
-        gen = jnp.asarray(gen).astype(bool)
-    else:
-        gen = sample_generate_mask(k_mask, b, num_scenes, p_cond=p_cond, target_scene=target_scene)
-    text = batch["text_embeds"]
-    if caption_dropout > 0.0:
-        # A separate stream (not a 4-way split of rng) keeps t/noise/mask draws unchanged.
-        k_drop = jax.random.fold_in(rng, 1)
-        drop = jax.random.uniform(k_drop, (b, num_scenes)) < caption_dropout
-        tokens_per_scene = text.shape[1] // num_scenes
-        keep = jnp.repeat(~drop, tokens_per_scene, axis=1)[..., None]
-        text = jnp.where(keep, text, jnp.zeros((), text.dtype))
+    t = jax.random.randint(
+        stream(rng, "timesteps"), (b,), 0, schedule.num_train_timesteps, dtype=jnp.int32
+    )
+    noise = jax.random.normal(stream(rng, "noise"), latents.shape, jnp.float32)
+    gen = _generate_mask(batch, stream(rng, "mask2"), b, num_scenes, p_cond, target_scene)
+    text = jnp.asarray(batch["text_embeds"]).astype(jnp.float32)
+    text = _drop_captions(text, stream(rng, "caption_dropout"), num_scenes, caption_dropout)
     return diffusion_loss(
         model,
         latents,

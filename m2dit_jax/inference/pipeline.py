@@ -26,6 +26,7 @@ import numpy as np
 from m2dit_jax.diffusion import CogVideoXSchedule
 from m2dit_jax.diffusion.generation import extend, generate
 from m2dit_jax.inference.script import SamplerOptions, SampleScript
+from m2dit_jax.rng import stream
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,7 +163,7 @@ class SamplingPipeline:
         """
         window = window or self.video.num_scenes
         text = self.encode_captions(previous)
-        key = jax.random.key(sampler.seed)
+        key = stream(sampler.seed, "extension")
         num_new = {len(n) for n in new}
         if len(new) != latents.shape[0] or len(num_new) != 1:
             raise ValueError("give every video the same number of new captions")

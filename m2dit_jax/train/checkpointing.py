@@ -3,8 +3,16 @@
 One ``CheckpointManager`` under ``WORKDIR/checkpoints`` with two items per step:
 ``state`` (``StandardSave``; asynchronous, sharded, restorable onto any mesh shape) and
 ``data`` (the grain iterator state through ``grain.checkpoint.CheckpointSave``: one JSON file
-per process). ``restore_latest`` walks back from the newest step and skips any checkpoint that
-fails to restore (truncated / corrupt), with a warning.
+per process).
+
+``restore_latest`` tells the truth about what it finds, newest step first:
+* a checkpoint whose *structure* (paths, shapes, dtypes, read from its metadata) differs from
+  the current config's state raises ``CheckpointMismatch`` naming the differing paths, and
+  moves nothing (the config changed: fix the config or use another workdir);
+* a checkpoint that cannot be read (missing/truncated files, unreadable metadata) is skipped
+  with a warning and, once an older one restores, moved to ``checkpoints_unrestorable/``;
+* if checkpoints exist and none restores, ``NoRestorableCheckpoint`` lists each one's reason
+  and moves nothing: a run never silently starts over.
 """
 
 from __future__ import annotations
@@ -21,6 +29,60 @@ import grain.checkpoint as grain_ckpt
 import orbax.checkpoint as ocp
 
 log = logging.getLogger(__name__)
+
+
+class CheckpointMismatch(ValueError):
+    """A checkpoint's tree structure, shapes or dtypes differ from the current train state."""
+
+
+class NoRestorableCheckpoint(RuntimeError):
+    """Checkpoints exist but none of them can be read."""
+
+
+def _path_str(path) -> str:
+    parts = []
+    for key in path:
+        for attr in ("key", "idx", "name"):
+            if hasattr(key, attr):
+                parts.append(str(getattr(key, attr)))
+                break
+        else:
+            parts.append(str(key))
+    return "/".join(parts)
+
+
+def _leaves_by_path(tree: Any, is_leaf=None) -> dict[str, Any]:
+    import jax
+
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=is_leaf)
+    return {_path_str(path): leaf for path, leaf in flat}
+
+
+def structure_differences(checkpoint_meta: Any, target: Any, limit: int = 20) -> list[str]:
+    """Lines ``path: checkpoint X vs model Y`` for every path, shape or dtype that differs
+    between a checkpoint's array metadata tree and a target tree of ShapeDtypeStructs."""
+    import numpy as np
+
+    is_meta = lambda x: hasattr(x, "shape") and hasattr(x, "dtype")
+    saved = _leaves_by_path(checkpoint_meta, is_leaf=is_meta)
+    wanted = _leaves_by_path(target)
+    lines = []
+    # params first: the ema/ and opt_state/ copies of the same difference follow.
+    order = lambda p: (not p.startswith("params/"), p)
+    for path in sorted(set(saved) | set(wanted), key=order):
+        if path not in wanted:
+            lines.append(f"{path}: in the checkpoint {tuple(saved[path].shape)}, not in the model")
+        elif path not in saved:
+            lines.append(f"{path}: in the model {tuple(wanted[path].shape)}, not in the checkpoint")
+        else:
+            a, b = saved[path], wanted[path]
+            if tuple(a.shape) != tuple(b.shape):
+                lines.append(f"{path}: checkpoint {tuple(a.shape)} vs model {tuple(b.shape)}")
+            elif np.dtype(a.dtype) != np.dtype(b.dtype):
+                lines.append(f"{path}: checkpoint {np.dtype(a.dtype)} vs model {np.dtype(b.dtype)}")
+    if len(lines) > limit:
+        lines = lines[:limit] + [f"... and {len(lines) - limit} more"]
+    return lines
 
 
 class IteratorStateSnapshot:
@@ -76,6 +138,11 @@ def _everywhere(ok: bool) -> bool:
     return bool(np.asarray(flags).all())
 
 
+def _reason(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}"
+
+
 class Checkpointer:
     """Saves/restores {state, data} every N steps; keeps the newest K."""
 
@@ -104,10 +171,20 @@ class Checkpointer:
         return steps[-1] if steps else None
 
     def save(self, step: int, state: Any, data_iterator: Any | None, *, force: bool = False):
-        """Starts a (possibly asynchronous) save of ``state`` and the iterator state."""
+        """Starts a (possibly asynchronous) save of ``state`` and the iterator state.
+
+        ``data_iterator`` is the live iterator (its state is captured now) or an
+        ``IteratorStateSnapshot`` taken when the step's batch was read (a loop that reads
+        ahead saves the state of the batch it consumed, not of the one it prefetched).
+        """
         args = {"state": ocp.args.StandardSave(state)}
         if data_iterator is not None:
-            args["data"] = grain_ckpt.CheckpointSave(IteratorStateSnapshot.capture(data_iterator))
+            snapshot = (
+                data_iterator
+                if isinstance(data_iterator, IteratorStateSnapshot)
+                else IteratorStateSnapshot.capture(data_iterator)
+            )
+            args["data"] = grain_ckpt.CheckpointSave(snapshot)
         return self.manager.save(int(step), args=ocp.args.Composite(**args), force=force)
 
     def wait(self) -> None:
@@ -121,39 +198,68 @@ class Checkpointer:
         restored = self.manager.restore(int(step), args=ocp.args.Composite(**args))
         return restored["state"]
 
-    def restore_latest(self, target: Any, data_iterator: Any | None) -> tuple[int | None, Any]:
-        """(step, state) from the newest checkpoint that restores; (None, None) if none does.
+    def state_metadata(self, step: int) -> Any:
+        """The array metadata tree (shapes, dtypes) of step ``step``'s ``state`` item."""
+        meta = self.manager.item_metadata(int(step))["state"]
+        if meta is None:
+            raise FileNotFoundError(f"step {step} has no readable state metadata")
+        return getattr(meta, "tree", meta)
 
-        A checkpoint that fails (missing/truncated files) is reported and the previous one is
-        tried. The data iterator is only touched by a restore that succeeds as a whole: its
-        state is restored last, after the arrays.
+    def restore_latest(self, target: Any, data_iterator: Any | None) -> tuple[int | None, Any]:
+        """(step, state) from the newest checkpoint that restores; (None, None) if there is
+        no checkpoint at all. See the module docstring for what happens on each outcome.
+
+        The data iterator is only touched by a restore that succeeds as a whole: its state is
+        restored last, after the arrays.
         """
-        bad: list[int] = []
-        for step in reversed(self.all_steps()):
-            state, reason = None, ""
+        steps = self.all_steps()
+        unreadable: list[tuple[int, str]] = []
+        for step in reversed(steps):
             try:
-                state = self.restore(step, target, None)
-                if data_iterator is not None:
-                    snapshot = IteratorStateSnapshot(data_iterator)
-                    self.manager.restore(
-                        step,
-                        args=ocp.args.Composite(data=grain_ckpt.CheckpointRestore(snapshot)),
+                meta = self.state_metadata(step)
+            except Exception as e:  # noqa: BLE001 - unreadable metadata: a broken checkpoint
+                meta, reason = None, _reason(e)
+            else:
+                reason = ""
+            if meta is not None:
+                differences = structure_differences(meta, target)
+                if differences:
+                    raise CheckpointMismatch(
+                        f"the checkpoint at step {step} in {self.directory} does not match the "
+                        "train state of the current config (nothing was moved or overwritten):\n  "
+                        + "\n  ".join(differences)
+                        + "\nRun with the config that wrote it (see config.json beside it), or "
+                        "train the changed config in a new workdir (init_from can start it from "
+                        "converted weights)."
                     )
-            except Exception as e:  # noqa: BLE001 - any failure means "not restorable"
-                reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                try:
+                    state = self.restore(step, target, None)
+                    if data_iterator is not None:
+                        snapshot = IteratorStateSnapshot(data_iterator)
+                        self.manager.restore(
+                            step,
+                            args=ocp.args.Composite(data=grain_ckpt.CheckpointRestore(snapshot)),
+                        )
+                except Exception as e:  # noqa: BLE001 - files missing or truncated
+                    reason = _reason(e)
             if not _everywhere(not reason):
                 message = (
                     f"checkpoint at step {step} in {self.directory} is not restorable "
-                    f"({reason or 'failed on another process'}); falling back to the previous "
-                    "checkpoint"
+                    f"({reason or 'failed on another process'}); trying the previous checkpoint"
                 )
                 log.warning(message)
                 warnings.warn(message, RuntimeWarning, stacklevel=2)
-                bad.append(step)
+                unreadable.append((step, reason or "failed on another process"))
                 continue
-            self._quarantine(bad)
+            self._quarantine([s for s, _ in unreadable])
             return step, state
-        self._quarantine(bad)
+        if unreadable:
+            listing = "\n  ".join(f"step {s}: {r}" for s, r in unreadable)
+            raise NoRestorableCheckpoint(
+                f"{len(unreadable)} checkpoint(s) in {self.directory} and none restores "
+                f"(nothing was moved):\n  {listing}\nTo start this run from scratch, move "
+                f"{self.directory} aside yourself; to keep training, repair or restore a copy."
+            )
         return None, None
 
     def _quarantine(self, steps: list[int]) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import ml_collections
 
 from m2dit_jax.layout import SceneLayout
-from m2dit_jax.sharding import MESH_AXES
+from m2dit_jax.sharding import MESH_AXES, parse_logical_rules
 from m2dit_jax.train import defaults
 
 SCHEDULES = ("constant", "cosine", "linear")
@@ -29,6 +29,7 @@ TOP_LEVEL = (
     "optim",
     "mesh",
     "train",
+    "eval",
     "distributed",
 )
 
@@ -37,12 +38,40 @@ class ConfigError(ValueError):
     """A config that cannot work; the message lists every problem with its field name."""
 
 
+def dcn_mesh_shape(mesh_cfg: Any) -> dict[str, int]:
+    """{axis: how many TPU slices / GPU nodes it spans} from ``mesh.dcn_<axis>`` (default 1);
+    the ``dcn`` argument of ``m2dit_jax.sharding.make_mesh``."""
+    return {a: int(mesh_cfg.get(f"dcn_{a}", 1)) for a in MESH_AXES}
+
+
 def resolve_mesh_shape(mesh_cfg: Any, num_devices: int) -> dict[str, int]:
-    """Mesh section -> {axis: size} with the -1 entry filled; raises ConfigError on mismatch."""
+    """Mesh section -> full {axis: size} with the -1 entry filled; raises ConfigError on mismatch.
+
+    ``mesh.<axis>`` is the size within one TPU slice / GPU node and ``mesh.dcn_<axis>`` the
+    number of slices/nodes it spans, so the full axis is their product and the -1 entry fills
+    ``num_devices / prod(dcn)`` devices per slice. ``mesh.logical_rules`` is validated too.
+    """
     sizes = {a: int(mesh_cfg.get(a, 1)) for a in MESH_AXES}  # num_devices is not an axis
+    dcn = dcn_mesh_shape(mesh_cfg)
     bad = [f"mesh.{a}={s}" for a, s in sizes.items() if s == 0 or s < -1]
     if bad:
         raise ConfigError(f"mesh sizes must be positive or -1: {', '.join(bad)}")
+    bad = [f"mesh.dcn_{a}={s}" for a, s in dcn.items() if s < 1]
+    if bad:
+        raise ConfigError(f"mesh.dcn_* sizes must be positive (1 = one slice): {', '.join(bad)}")
+    try:
+        parse_logical_rules(mesh_cfg.get("logical_rules", ""))
+    except ValueError as e:
+        raise ConfigError(f"mesh.logical_rules: {e}") from None
+    slices = math.prod(dcn.values())
+    dcn_text = " x ".join(f"mesh.dcn_{a}={s}" for a, s in dcn.items() if s != 1)
+    if num_devices % slices:
+        raise ConfigError(
+            f"{num_devices} devices do not divide into the {slices} slices/nodes of the DCN "
+            f"mesh ({dcn_text})"
+        )
+    per_slice = num_devices // slices
+    where = f" per slice ({per_slice} = {num_devices} / {slices} slices)" if slices > 1 else ""
     free = [a for a, s in sizes.items() if s == -1]
     if len(free) > 1:
         raise ConfigError(
@@ -50,17 +79,18 @@ def resolve_mesh_shape(mesh_cfg: Any, num_devices: int) -> dict[str, int]:
         )
     fixed = math.prod(s for s in sizes.values() if s != -1)
     if free:
-        if num_devices % fixed:
+        if per_slice % fixed:
             raise ConfigError(
-                f"{num_devices} devices are not divisible by the fixed mesh axes "
+                f"{per_slice} devices{where} are not divisible by the fixed mesh axes "
                 f"({', '.join(f'mesh.{a}={s}' for a, s in sizes.items() if s != -1)})"
             )
-        sizes[free[0]] = num_devices // fixed
-    if math.prod(sizes.values()) != num_devices:
+        sizes[free[0]] = per_slice // fixed
+    if math.prod(sizes.values()) != per_slice:
         raise ConfigError(
-            f"mesh {sizes} needs {math.prod(sizes.values())} devices but {num_devices} are present"
+            f"mesh {sizes} needs {math.prod(sizes.values())} devices{where} but "
+            f"{per_slice} are present"
         )
-    return sizes
+    return {a: sizes[a] * dcn[a] for a in MESH_AXES}
 
 
 def _unknown_keys(section: Any, reference: Any, prefix: str) -> list[str]:
@@ -112,6 +142,7 @@ def check_config(
         ("optim", defaults.optim_defaults()),
         ("mesh", defaults.mesh_defaults()),
         ("train", defaults.train_defaults()),
+        ("eval", defaults.eval_defaults()),
         ("distributed", defaults.distributed_defaults()),
     ):
         errors += [f"{k} (unknown key)" for k in _unknown_keys(config[name], ref, name)]
@@ -142,6 +173,7 @@ def check_config(
         ("train.checkpoint_every", t.checkpoint_every),
         ("train.keep_checkpoints", t.keep_checkpoints),
         ("train.max_consecutive_nonfinite", t.max_consecutive_nonfinite),
+        ("train.preemption_check_every", t.preemption_check_every),
         ("optim.grad_accum_steps", o.grad_accum_steps),
     ):
         if int(value) <= 0:
@@ -217,9 +249,31 @@ def check_config(
         )
 
     errors += _data_model_agreement(config)
+    errors += _eval_errors(config)
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
     return mesh
+
+
+def _eval_errors(config: Any) -> list[str]:
+    """The eval section must name held-out data unless the source has a held-out split."""
+    e, d = config.eval, config.data
+    errors = [
+        f"eval.{k}={e[k]} must be >= 0" for k in ("every", "batches", "batch_size") if e[k] < 0
+    ]
+    if e.synthetic_split not in ("train", "heldout"):
+        errors.append(f"eval.synthetic_split={e.synthetic_split!r} must be 'train' or 'heldout'")
+    source = e.source or d.source
+    if int(e.batches) > 0 and source != "synthetic_shapes":
+        same_path = not e.path or e.path == d.get("path", "")
+        same_split = source != "tfds" or not e.tfds_split or e.tfds_split == d.tfds_split
+        if same_path and same_split:
+            errors.append(
+                f"eval.batches={e.batches} but no held-out data for source {source!r}: set "
+                "eval.path (manifest / latents of the held-out split) or eval.tfds_split, "
+                "or eval.batches=0"
+            )
+    return errors
 
 
 def _data_model_agreement(config: Any) -> list[str]:

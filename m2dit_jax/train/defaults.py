@@ -3,7 +3,8 @@
 A full training config is a ``ml_collections.ConfigDict`` with these top-level keys:
 
   name            str   run name (shown in logs)
-  seed            int   seeds model init and the per-step RNG (folded with the step number)
+  seed            int   root of the named random streams (``m2dit_jax.rng``): "init" for the
+                        parameters, "train" for the steps (step k folds in k)
   init_from       str   a diffusers CogVideoX transformer folder to start from ("" = random init)
   model           the model section (``m2dit_jax.model.get_model_config`` fields)
   data            the data section (``m2dit_jax.data.default_data_config`` fields)
@@ -11,6 +12,7 @@ A full training config is a ``ml_collections.ConfigDict`` with these top-level k
   optim           optimizer, schedule, clipping, accumulation, EMA (below)
   mesh            data / fsdp / context / tensor sizes; one may be -1 (fills the rest)
   train           loop, logging, checkpointing, profiling (below)
+  eval            the held-out evaluation: its own data split, cadence, fixed noise (below)
   distributed     multi-host initialisation (below)
 
 ``default_trainer_config`` returns every section except ``model`` and ``data``; the config files
@@ -27,8 +29,8 @@ def diffusion_defaults() -> ml_collections.ConfigDict:
         dict(
             snr_shift_scale=3.0,  # CogVideoX: 3.0 for 2B, 1.0 for 5B
             num_train_timesteps=1000,
-            # Probability of a conditional (scene-extension) sample when the batch carries no
-            # `cond` mask of its own; data sources normally sample mask 2 themselves.
+            # Probability of a conditional (scene-extension, mask 2) sample. The objective is the
+            # one place mask 2 is sampled (a batch may still carry an explicit `cond` (B, S)).
             p_cond=0.0,
             target_scene="last",  # "last" | "random"
             # Per-scene probability of training on a zeroed caption (classifier-free guidance
@@ -59,8 +61,26 @@ def optim_defaults() -> ml_collections.ConfigDict:
 
 
 def mesh_defaults() -> ml_collections.ConfigDict:
+    # data/fsdp/context/tensor: axis sizes within one TPU slice / GPU node (-1 fills the rest).
+    # dcn_<axis>: how many slices/nodes that axis spans (full axis = <axis> * dcn_<axis>);
+    #   e.g. 2 v5p-256 slices: dcn_data=2, fsdp=-1.
+    # logical_rules: overrides of m2dit_jax.sharding.LOGICAL_RULES, "name=axis1+axis2" entries
+    #   separated by commas ("name=" replicates), e.g. "embed=fsdp+tensor, mlp=".
     # num_devices: use only the first N devices (0 = all); for debugging and tests on one host.
-    return ml_collections.ConfigDict(dict(data=1, fsdp=-1, context=1, tensor=1, num_devices=0))
+    return ml_collections.ConfigDict(
+        dict(
+            data=1,
+            fsdp=-1,
+            context=1,
+            tensor=1,
+            dcn_data=1,
+            dcn_fsdp=1,
+            dcn_context=1,
+            dcn_tensor=1,
+            logical_rules="",
+            num_devices=0,
+        )
+    )
 
 
 def train_defaults() -> ml_collections.ConfigDict:
@@ -72,13 +92,14 @@ def train_defaults() -> ml_collections.ConfigDict:
             stop_at_step=0,
             batch_size=8,  # global batch (all processes together)
             log_every=10,
-            eval_every=0,  # held-out loss (params and EMA) every N steps; 0 = only at the end
-            eval_batches=2,  # fixed held-out batches (a data stream seeded seed + 1)
             checkpoint_every=500,
             keep_checkpoints=3,
             async_checkpointing=True,
             checkpoint_on_preemption=True,
             max_consecutive_nonfinite=20,  # stop (with a checkpoint) after this many skips in a row
+            # Processes agree on a preemption stop every N steps (a collective when multi-host;
+            # checkpoints and the last step always check).
+            preemption_check_every=10,
             progress_bar=True,
             profile_start_step=-1,  # >= 0: trace steps [start, start + profile_num_steps)
             profile_num_steps=3,
@@ -88,6 +109,25 @@ def train_defaults() -> ml_collections.ConfigDict:
             compilation_cache_dir="",
             tensorboard=True,
             jsonl=True,
+        )
+    )
+
+
+def eval_defaults() -> ml_collections.ConfigDict:
+    """The held-out evaluation. Its data is the ``data`` section with these overrides; the
+    loss uses fixed, evenly spaced timesteps and noise from ``eval.seed`` (``eval_loss_fn``),
+    so curves of different runs on the same split are comparable."""
+    return ml_collections.ConfigDict(
+        dict(
+            every=0,  # evaluate every N steps (and at the end); 0 = only at the end
+            batches=2,  # held-out batches per evaluation (0 = no evaluation)
+            batch_size=0,  # 0 = train.batch_size
+            seed=0,  # fixed noise / mask 2 / data order of the evaluation (not config.seed)
+            # Where the held-out data comes from ("" = as the training data section):
+            source="",
+            path="",  # manifest / latents path of the held-out split
+            tfds_split="",  # TFDS split, e.g. "validation"
+            synthetic_split="heldout",  # synthetic_shapes: held-out scripts (never trained on)
         )
     )
 
@@ -116,5 +156,6 @@ def default_trainer_config() -> ml_collections.ConfigDict:
     config.optim = optim_defaults()
     config.mesh = mesh_defaults()
     config.train = train_defaults()
+    config.eval = eval_defaults()
     config.distributed = distributed_defaults()
     return config

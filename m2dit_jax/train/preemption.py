@@ -1,7 +1,8 @@
 """Preemption: SIGTERM/SIGINT become a request to checkpoint and stop at the next step.
 
 All processes must agree on the step at which they stop (the checkpoint is a collective), so
-with several processes the local flags are OR-ed across hosts every step; on clusters that
+with several processes the local flags are OR-ed across hosts every ``check_every`` steps (a
+collective, so not every step); a single process reads its flag at every step. On clusters that
 deliver preemption notices through JAX's coordination service (TPU) that signal is honoured too.
 A second SIGINT while the first is pending falls through to the default handler (hard stop).
 """
@@ -22,8 +23,9 @@ class PreemptionGuard:
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-    def __init__(self, enabled: bool = True):
+    def __init__(self, enabled: bool = True, *, check_every: int = 1):
         self.enabled = enabled
+        self.check_every = max(int(check_every), 1)
         self._flag = threading.Event()
         self._previous: dict[int, object] = {}
         self.signal_name: str | None = None
@@ -55,10 +57,13 @@ class PreemptionGuard:
         return self._flag.is_set()
 
     def should_stop(self, step: int) -> bool:
-        """Collective when several processes run: call it on every process at every step."""
+        """Collective when several processes run (on steps divisible by ``check_every``, else
+        False): call it on every process at every step."""
         local = self._flag.is_set()
         if jax.process_count() == 1:
             return local
+        if step % self.check_every:
+            return False
         from jax.experimental import multihost_utils
 
         flags = multihost_utils.process_allgather(np.asarray([int(local)], np.int32))

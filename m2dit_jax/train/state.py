@@ -5,7 +5,7 @@
       "params":    pure dict of arrays       nnx.to_pure_dict(nnx.state(model, nnx.Param))
       "opt_state": optax state               mirrors params where it holds moments
       "ema":       pure dict like params     the exponential moving average (export this)
-      "rng":       uint32 key data           base key; step keys are fold_in(rng, step)
+      "rng":       uint32 key data           the seed's "train" stream; step k uses fold_in(rng, k)
       "nonfinite": {"total", "run"} int32    skipped updates in all / in a row
     }
 
@@ -23,6 +23,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from m2dit_jax.rng import stream
 
 
 @dataclasses.dataclass
@@ -73,7 +75,7 @@ def _state_builder(tx: optax.GradientTransformation, seed: int):
             "opt_state": tx.init(p),
             # A distinct buffer: the EMA must never alias the trained params.
             "ema": jax.tree.map(lambda x: x + jnp.zeros((), x.dtype), p),
-            "rng": jax.random.key_data(jax.random.key(seed)),
+            "rng": jax.random.key_data(stream(seed, "train")),
             "nonfinite": {"total": jnp.zeros((), jnp.int32), "run": jnp.zeros((), jnp.int32)},
         }
 

@@ -1,14 +1,21 @@
 """``train_and_evaluate(config, workdir)``: the config-driven, sharded, resumable train loop.
 
 Order of work: multi-host start-up -> config checks (before anything is compiled) -> mesh ->
-model born sharded -> optimizer/EMA state born sharded -> data -> restore the newest good
-checkpoint (state + data iterator) -> jitted steps with metrics, checkpoints, preemption and
-non-finite handling -> final checkpoint and held-out evaluation.
+the train program (abstract: ``program.build_train_program``) -> data -> restore the newest
+checkpoint onto the program's abstract state, or, only when there is none, the model born
+sharded (random or ``init_from``) with its optimizer/EMA state -> the lean loop (batches read
+ahead onto the device, metrics fetched every ``log_every``, preemption agreed every
+``preemption_check_every`` steps) with checkpoints, held-out evaluation and non-finite
+handling -> final checkpoint and evaluation.
+
+Step time in the logs is the loop's wall time per step between two log points with data
+loading overlapped (so it is the compiled step time whenever the loader keeps up); data time
+is the host time spent reading and placing batches, reported on its own. MFU uses the step
+time.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -17,7 +24,6 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -25,12 +31,14 @@ from m2dit_jax.sharding import make_mesh
 from m2dit_jax.train import distributed
 from m2dit_jax.train.checkpointing import Checkpointer
 from m2dit_jax.train.config_checks import check_config, model_layout
+from m2dit_jax.train.evaluation import Evaluator
+from m2dit_jax.train.loop import BatchPrefetcher, InFlight, MetricsWindow
 from m2dit_jax.train.metrics import MetricsWriter, ProgressBar, peak_tflops_per_device, throughput
-from m2dit_jax.train.optimizer import make_optimizer
 from m2dit_jax.train.preemption import PreemptionGuard
 from m2dit_jax.train.profiler import StepProfiler
-from m2dit_jax.train.state import abstract_state, count_params, init_train_state, split_model
-from m2dit_jax.train.step import DEVICE_KEYS, batch_shardings, make_train_step
+from m2dit_jax.train.program import build_train_program
+from m2dit_jax.train.state import count_params, init_train_state, split_model
+from m2dit_jax.train.step import DEVICE_KEYS, batch_shardings
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +63,13 @@ RUNTIME_MODEL_FIELDS = (
 )
 
 
-def _build_model(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *, resuming: bool):
-    """The model born sharded on ``mesh``: converted CogVideoX weights when ``init_from`` names a
-    diffusers folder (skipped when resuming: the checkpoint overwrites them), else random init."""
+def _build_model(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
+    """The model born sharded on ``mesh``, for a run with no checkpoint to resume: converted
+    CogVideoX weights when ``init_from`` names a diffusers folder, else random init."""
     from m2dit_jax.model import create_model
 
     with jax.set_mesh(mesh):
-        if not config.init_from or resuming:
+        if not config.init_from:
             return create_model(config.model, seed=int(config.seed), mesh=mesh)
         from m2dit_jax.convert import load_diffusers_transformer
 
@@ -81,6 +89,16 @@ def _build_model(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, *, 
     if mismatched:
         raise ValueError("init_from does not match the config: " + "; ".join(mismatched))
     return model
+
+
+def _initial_state(config, mesh, program):
+    """A fresh train state (step 0) on the program's shardings."""
+    model = _build_model(config, mesh)
+    _, params = split_model(model)
+    del model
+    params = jax.device_put(params, program.state_shardings["params"])
+    state, _ = init_train_state(params, program.tx, mesh, int(config.seed))
+    return state
 
 
 def _default_dataset_factory(data_config, *, seed, process_index, process_count, batch_size):
@@ -105,23 +123,6 @@ def _device_batch(batch: dict[str, Any]) -> dict[str, np.ndarray]:
     return {k: np.asarray(batch[k]) for k in DEVICE_KEYS if k in batch}
 
 
-def _make_loss(config: ml_collections.ConfigDict):
-    from m2dit_jax.diffusion import CogVideoXSchedule, loss_fn
-
-    d = config.diffusion
-    schedule = CogVideoXSchedule.create(
-        snr_shift_scale=float(d.snr_shift_scale), num_train_timesteps=int(d.num_train_timesteps)
-    )
-    return functools.partial(
-        loss_fn,
-        schedule=schedule,
-        num_scenes=int(config.data.num_scenes),
-        p_cond=float(d.p_cond),
-        target_scene=str(d.target_scene),
-        caption_dropout=float(d.caption_dropout),
-    )
-
-
 def _flops_per_sample(config: ml_collections.ConfigDict, layout) -> float:
     from m2dit_jax.model.flops import train_flops_per_sample
 
@@ -143,43 +144,18 @@ def enable_compilation_cache(directory: str) -> None:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
-class _Window:
-    """Host-side running means of per-step metrics between two log points."""
-
-    def __init__(self):
-        self.values: dict[str, list[np.ndarray]] = {}
-        self.step_times: list[float] = []
-        self.data_times: list[float] = []
-
-    def add(self, metrics: dict[str, Any], step_time: float | None, data_time: float) -> None:
-        for k, v in metrics.items():
-            self.values.setdefault(k, []).append(np.asarray(v, np.float64))
-        if step_time is not None:
-            self.step_times.append(step_time)
-        self.data_times.append(data_time)
-
-    def summary(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for k, vs in self.values.items():
-            if k in ("learning_rate", "nonfinite_run", "nonfinite_total"):
-                out[k] = vs[-1]
-            elif k == "skipped":
-                out["skipped_in_window"] = np.sum(vs)
-            else:
-                out[k] = np.mean(np.stack(vs), axis=0)
-        if self.step_times:
-            out["step_time_s"] = float(np.mean(self.step_times))
-        out["data_time_s"] = float(np.mean(self.data_times)) if self.data_times else 0.0
-        return out
-
-
 def train_and_evaluate(
     config: ml_collections.ConfigDict,
     workdir: str,
     *,
     dataset_factory: DatasetFactory | None = None,
 ) -> dict[str, Any]:
-    """Trains ``config`` in ``workdir`` (resuming from its newest good checkpoint).
+    """Trains ``config`` in ``workdir``, resuming from its newest checkpoint.
+
+    Restores tell the truth (``checkpointing``): a checkpoint that does not match the config
+    is an error naming the differing paths; unreadable ones are skipped (and moved aside once
+    an older one restores); if none restores the run stops. ``init_from`` is applied only
+    when there is no checkpoint to resume.
 
     Args:
       config: a full training config (see ``m2dit_jax.train.defaults``).
@@ -187,8 +163,8 @@ def train_and_evaluate(
       dataset_factory: replaces ``m2dit_jax.data.make_dataset`` (same keyword signature).
 
     Returns:
-      {"step", "losses" (per step run in this call), "eval" (held-out metrics), "preempted",
-       "start_step", "compile_s", "mean_step_time_s", "params"}.
+      {"step", "losses" (per step run in this call), "eval" (last held-out metrics),
+       "preempted", "start_step", "compile_s", "mean_step_time_s", "params"}.
     """
     distributed.initialize(config.distributed)
     if config.train.compilation_cache_dir:
@@ -207,18 +183,7 @@ def train_and_evaluate(
     global_batch = int(t_cfg.batch_size)
     dataset_factory = dataset_factory or _default_dataset_factory
 
-    checkpoint_dir = os.path.join(workdir, "checkpoints")
-    resuming = os.path.isdir(checkpoint_dir) and any(
-        d.isdigit() for d in os.listdir(checkpoint_dir)
-    )
-    model = _build_model(config, mesh, resuming=resuming)
-    parts, params = split_model(model)
-    del model
-    tx, lr_schedule = make_optimizer(config.optim, num_steps)
-    state, shardings = init_train_state(params, tx, mesh, int(config.seed))
-    del params
-    n_params = count_params(state["params"])
-
+    program = build_train_program(config, mesh)
     dataset = dataset_factory(
         config.data,
         seed=int(config.seed),
@@ -227,24 +192,29 @@ def train_and_evaluate(
         batch_size=distributed.local_batch_size(global_batch),
     )
     checkpointer = Checkpointer(
-        checkpoint_dir,
+        os.path.join(workdir, "checkpoints"),
         keep=int(t_cfg.keep_checkpoints),
         async_save=bool(t_cfg.async_checkpointing),
     )
-    restored_step, restored = checkpointer.restore_latest(abstract_state(state, shardings), dataset)
-    if restored is not None:
-        state = restored
+    restored_step, state = checkpointer.restore_latest(program.abstract_state, dataset)
+    if state is None:
+        state = _initial_state(config, mesh, program)
+    else:
         log.info("resumed from checkpoint at step %d", restored_step)
     start_step = int(jax.device_get(state["step"]))
+    n_params = count_params(program.abstract_state["params"])
+    evaluator = None
+    if int(config.eval.batches) > 0:
+        evaluator = Evaluator(
+            config, mesh, program.parts, program.state_shardings["params"], dataset_factory,
+            _device_batch,
+        )  # fmt: skip
 
-    loss = _make_loss(config)
-    step_fn = None  # compiled on the first batch (shardings depend on its keys/ranks)
     writer = MetricsWriter(workdir, tensorboard=t_cfg.tensorboard, jsonl=t_cfg.jsonl)
     if start_step == 0:
         writer.write_text("config", "```\n" + str(config) + "\n```")
     peak, peak_source = peak_tflops_per_device(float(t_cfg.peak_tflops_per_device))
     flops_per_sample = _flops_per_sample(config, layout)
-    video_tokens = layout.video_total
     bar = ProgressBar(start_step, num_steps, enabled=bool(t_cfg.progress_bar))
     bar.write(
         f"{config.name}: {n_params / 1e6:.2f}M params, mesh {mesh_shape}, "
@@ -254,92 +224,119 @@ def train_and_evaluate(
     )
     profiler = StepProfiler(workdir, t_cfg.profile_start_step, t_cfg.profile_num_steps)
 
+    def to_device(host_batch):
+        return distributed.to_global(host_batch, batch_shardings(mesh, host_batch))
+
+    prefetch = BatchPrefetcher(dataset, _device_batch, to_device)
+    step_fn = None  # compiled on the first batch (shardings depend on its keys/ranks)
     losses: list[float] = []
-    window = _Window()
+    eval_metrics: dict[str, float] = {}
+    window, in_flight = MetricsWindow(), InFlight(max_in_flight=2)
     step = start_step
-    last_saved = restored_step if restored is not None else None
-    preempted = False
-    compile_s = 0.0
-    all_step_times: list[float] = []
-    t_last = time.perf_counter()
+    last_saved = restored_step
+    consumed = None  # iterator-state snapshot after the batch of the last step run
+    preempted, warned_input_bound = False, False
+    compile_s, timed_wall, timed_steps = 0.0, 0.0, 0
+    window_start, window_timed = None, 0
+    log_every, eval_every = int(t_cfg.log_every), int(config.eval.every)
 
     def save(step_now: int, force: bool = False) -> None:
         nonlocal last_saved
         if last_saved == step_now:
             return
-        checkpointer.save(step_now, state, dataset, force=force)
+        checkpointer.save(
+            step_now, state, consumed if consumed is not None else dataset, force=force
+        )
         last_saved = step_now
 
+    def flush() -> dict[str, Any]:
+        """Fetches the window's metrics (the only regular host sync) and writes them."""
+        nonlocal window, window_start, window_timed, timed_wall, timed_steps, warned_input_bound
+        rows = window.fetch()
+        now = time.perf_counter()
+        summary = MetricsWindow.summarize(rows)
+        summary["data_time_s"] = window.data_time / len(rows)
+        if window_timed:
+            summary["step_time_s"] = (now - window_start) / window_timed
+            timed_wall += now - window_start
+            timed_steps += window_timed
+            summary.update(
+                throughput(
+                    summary["step_time_s"], global_batch, layout.video_total, flops_per_sample,
+                    mesh.size, peak,
+                )
+            )  # fmt: skip
+            if not warned_input_bound and summary["data_time_s"] > 0.5 * summary["step_time_s"]:
+                warned_input_bound = True
+                log.warning(
+                    "input-bound: reading a batch takes %.3g s of a %.3g s step; raise "
+                    "data.num_workers or precompute latents",
+                    summary["data_time_s"],
+                    summary["step_time_s"],
+                )
+        if compile_s and step - len(rows) == start_step:
+            summary["compile_s"] = compile_s
+        skips = getattr(dataset, "skip_counts", lambda: {})()
+        summary.update({f"data_skipped/{k}": v for k, v in skips.items()})
+        writer.write(step, summary)
+        losses.extend(float(r["loss"]) for r in rows)
+        bar.update(0, loss=float(rows[-1]["loss"]))
+        window, window_start, window_timed = MetricsWindow(), time.perf_counter(), 0
+        return summary
+
     try:
-        with jax.set_mesh(mesh), PreemptionGuard(bool(t_cfg.checkpoint_on_preemption)) as guard:
+        with (
+            jax.set_mesh(mesh),
+            PreemptionGuard(
+                bool(t_cfg.checkpoint_on_preemption), check_every=int(t_cfg.preemption_check_every)
+            ) as guard,
+        ):
+            if step < stop_at:
+                batch, snapshot, data_time = prefetch.next()
             while step < stop_at:
-                t_data = time.perf_counter()
-                host_batch = _device_batch(next(dataset))
-                data_time = time.perf_counter() - t_data
                 if step_fn is None:
-                    b_sh = batch_shardings(mesh, host_batch)
-                    step_fn = make_train_step(
-                        parts,
-                        tx,
-                        lr_schedule,
-                        loss,
-                        state_shardings=shardings,
-                        batch_sharding=b_sh,
-                        grad_accum_steps=int(config.optim.grad_accum_steps),
-                        ema_decay=float(config.optim.ema_decay),
-                    )
+                    step_fn = program.step_for({k: v.sharding for k, v in batch.items()})
                 profiler.before_step(step)
-                batch = distributed.to_global(host_batch, b_sh)
+                first = step == start_step
                 t0 = time.perf_counter()
                 state, metrics = step_fn(state, batch)
-                metrics = jax.device_get(metrics)
-                now = time.perf_counter()
-                first = step == start_step
-                if first:
-                    compile_s = now - t0
-                step_time = None if first else now - t_last
-                t_last = now
+                if first:  # the one per-step sync of a run: timing the compile
+                    jax.block_until_ready(metrics)
+                    compile_s = time.perf_counter() - t0
+                    window_start = time.perf_counter()
+                else:
+                    window_timed += 1
+                in_flight.add(metrics["loss"])
                 step += 1
+                consumed = snapshot
+                window.add(metrics, data_time)
+                if step < stop_at:  # read + place the next batch while this step runs
+                    batch, snapshot, data_time = prefetch.next()
                 profiler.after_step(step, state["step"])
-                if step_time is not None:
-                    all_step_times.append(step_time)
-                losses.append(float(metrics["loss"]))
-                window.add(metrics, step_time, data_time)
-                bar.update(1, loss=float(metrics["loss"]))
+                bar.update(1)
 
-                if step % int(t_cfg.log_every) == 0 or step == stop_at:
-                    summary = window.summary()
-                    if "step_time_s" in summary:
-                        summary.update(
-                            throughput(
-                                summary["step_time_s"],
-                                global_batch,
-                                video_tokens,
-                                flops_per_sample,
-                                mesh.size,
-                                peak,
-                            )
+                if step % log_every == 0 or step == stop_at:
+                    summary = flush()
+                    if int(summary["nonfinite_run"]) >= int(t_cfg.max_consecutive_nonfinite):
+                        save(step, force=True)
+                        checkpointer.wait()
+                        raise TrainingDiverged(
+                            f"{int(summary['nonfinite_run'])} non-finite steps in a row (loss "
+                            f"or gradient NaN/Inf) at step {step}; the last good parameters "
+                            f"are saved in {checkpointer.directory} (step {step}). Lower "
+                            "optim.learning_rate or check the data; "
+                            "train.max_consecutive_nonfinite sets the limit."
                         )
-                    skips = getattr(dataset, "skip_counts", lambda: {})()
-                    summary.update({f"data_skipped/{k}": v for k, v in skips.items()})
-                    if first:
-                        summary["compile_s"] = compile_s
-                    writer.write(step, summary)
-                    window = _Window()
-
-                if int(metrics["nonfinite_run"]) >= int(t_cfg.max_consecutive_nonfinite):
-                    save(step, force=True)
-                    checkpointer.wait()
-                    raise TrainingDiverged(
-                        f"{int(metrics['nonfinite_run'])} non-finite steps in a row (loss or "
-                        f"gradient NaN/Inf) at step {step}; the last good parameters are saved "
-                        f"in {checkpointer.directory} (step {step}). Lower optim.learning_rate "
-                        "or check the data; train.max_consecutive_nonfinite sets the limit."
-                    )
+                if evaluator is not None and eval_every and step % eval_every == 0:
+                    if step != num_steps:
+                        eval_metrics = evaluator(state)
+                        writer.write(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
                 if step % int(t_cfg.checkpoint_every) == 0:
                     save(step)
                 if guard.should_stop(step):
                     preempted = True
+                    if len(window):
+                        flush()
                     bar.write(
                         f"{guard.signal_name}: saving a checkpoint at step {step} and stopping"
                     )
@@ -356,9 +353,8 @@ def train_and_evaluate(
         profiler.close()
         bar.close()
 
-    eval_metrics = {}
-    if not preempted and int(t_cfg.eval_batches) > 0 and step == num_steps:
-        eval_metrics = evaluate(config, parts, state, shardings, mesh, loss, dataset_factory)
+    if not preempted and evaluator is not None and step == num_steps:
+        eval_metrics = evaluator(state)
         writer.write(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
     writer.close()
     checkpointer.close()
@@ -369,41 +365,10 @@ def train_and_evaluate(
         "eval": eval_metrics,
         "preempted": preempted,
         "compile_s": compile_s,
-        "mean_step_time_s": float(np.mean(all_step_times)) if all_step_times else 0.0,
+        "mean_step_time_s": timed_wall / timed_steps if timed_steps else 0.0,
         "params": n_params,
     }
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "result.json"), "w") as f:
             json.dump({k: v for k, v in result.items() if k != "losses"}, f, indent=2)
     return result
-
-
-def evaluate(config, parts, state, shardings, mesh, loss, dataset_factory) -> dict[str, float]:
-    """Mean loss of params and EMA over fixed held-out batches and fixed noise/timesteps."""
-    t_cfg = config.train
-    dataset = dataset_factory(
-        config.data,
-        seed=int(config.seed) + 1,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        batch_size=distributed.local_batch_size(int(t_cfg.batch_size)),
-    )
-
-    def eval_loss(params, batch, i):
-        rng = jax.random.fold_in(jax.random.key(int(config.seed) + 1), i)
-        value, _ = loss(parts.bind(params), batch, rng)
-        return value
-
-    eval_fn = None
-    totals = {"loss": 0.0, "loss_ema": 0.0}
-    n = int(t_cfg.eval_batches)
-    with jax.set_mesh(mesh):
-        for i in range(n):
-            host = _device_batch(next(dataset))
-            b_sh = batch_shardings(mesh, host)
-            if eval_fn is None:
-                eval_fn = jax.jit(eval_loss, in_shardings=(shardings["params"], b_sh, None))
-            batch = distributed.to_global(host, b_sh)
-            totals["loss"] += float(eval_fn(state["params"], batch, jnp.int32(i)))
-            totals["loss_ema"] += float(eval_fn(state["ema"], batch, jnp.int32(i)))
-    return {k: v / n for k, v in totals.items()}

@@ -1,0 +1,143 @@
+"""The one builder of the train program: loss, abstract state, batch spec and the jitted step.
+
+Used by the trainer (``train_and_evaluate``), the ahead-of-time tool (``launch/compile.py``)
+and ``benchmarks/train.py``, so the program they compile, measure and run is the same:
+
+    program = build_train_program(config, mesh)             # nothing allocated yet
+    step = program.step_for(batch_shardings(mesh, batch))   # jitted, state donated
+    state, metrics = step(state, batch)
+
+``program.abstract_state`` (ShapeDtypeStructs with shardings) is the restore target of a
+checkpoint and the argument of ``step.lower`` for AOT compilation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import nnx
+from jax.sharding import Mesh
+
+from m2dit_jax.train.optimizer import make_optimizer
+from m2dit_jax.train.state import ModelParts, abstract_train_state
+from m2dit_jax.train.step import batch_shardings, make_train_step
+
+
+def make_schedule(config: ml_collections.ConfigDict):
+    """The training ``CogVideoXSchedule`` of the ``diffusion`` section."""
+    from m2dit_jax.diffusion import CogVideoXSchedule
+
+    d = config.diffusion
+    return CogVideoXSchedule.create(
+        snr_shift_scale=float(d.snr_shift_scale), num_train_timesteps=int(d.num_train_timesteps)
+    )
+
+
+def make_loss(config: ml_collections.ConfigDict) -> Callable[..., Any]:
+    """``loss(model, batch, rng) -> (loss, metrics)`` from the ``diffusion`` section."""
+    from m2dit_jax.diffusion import loss_fn
+
+    d = config.diffusion
+    return functools.partial(
+        loss_fn,
+        schedule=make_schedule(config),
+        num_scenes=int(config.data.num_scenes),
+        p_cond=float(d.p_cond),
+        target_scene=str(d.target_scene),
+        caption_dropout=float(d.caption_dropout),
+    )
+
+
+def abstract_params(model_config: ml_collections.ConfigDict, mesh: Mesh):
+    """(ModelParts, params as ShapeDtypeStructs carrying their NamedShardings); allocates
+    nothing, so a 5B model's program can be built on a laptop."""
+    from m2dit_jax.model import Mask2DiT, param_shardings
+
+    abstract_model = nnx.eval_shape(lambda: Mask2DiT(model_config, rngs=nnx.Rngs(0)))
+    graphdef, params_state, rest = nnx.split(abstract_model, nnx.Param, ...)
+    shardings = nnx.to_pure_dict(param_shardings(params_state, mesh))
+    shapes = nnx.to_pure_dict(params_state)
+    params = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings
+    )
+    return ModelParts(graphdef, rest), params
+
+
+def batch_spec(config: ml_collections.ConfigDict, *, batch_size: int | None = None):
+    """Host batch shapes of ``config`` as ShapeDtypeStructs (the keys the step reads):
+    latents (B, S*F, H, W, C) f32, text_embeds (B, S*T, D) f32, cond (B, S) bool."""
+    m = config.model
+    b = int(batch_size or config.train.batch_size)
+    s = int(config.data.num_scenes)
+    return {
+        "latents": jax.ShapeDtypeStruct(
+            (
+                b,
+                s * int(m.sample_frames),
+                int(m.sample_height),
+                int(m.sample_width),
+                int(m.in_channels),
+            ),
+            jnp.float32,
+        ),
+        "text_embeds": jax.ShapeDtypeStruct((b, s * int(m.text_len), int(m.text_dim)), jnp.float32),
+        "cond": jax.ShapeDtypeStruct((b, s), jnp.bool_),
+    }
+
+
+@dataclasses.dataclass
+class TrainProgram:
+    """Everything the train step is made of, for one config on one mesh."""
+
+    config: ml_collections.ConfigDict
+    mesh: Mesh
+    parts: ModelParts
+    tx: optax.GradientTransformation
+    lr_schedule: optax.Schedule
+    loss: Callable[..., Any]
+    abstract_state: Any  # ShapeDtypeStructs with shardings
+    state_shardings: Any
+
+    def step_for(self, batch_sharding: Any, *, donate: bool = True):
+        """The jitted ``step(state, batch) -> (state, metrics)`` for batches sharded so."""
+        return make_train_step(
+            self.parts,
+            self.tx,
+            self.lr_schedule,
+            self.loss,
+            state_shardings=self.state_shardings,
+            batch_sharding=batch_sharding,
+            grad_accum_steps=int(self.config.optim.grad_accum_steps),
+            ema_decay=float(self.config.optim.ema_decay),
+            donate=donate,
+        )
+
+    def abstract_batch(self, batch_size: int | None = None) -> dict[str, jax.ShapeDtypeStruct]:
+        """``batch_spec`` with the step's batch shardings attached (for ``step.lower``)."""
+        host = batch_spec(self.config, batch_size=batch_size)
+        sh = batch_shardings(self.mesh, host)
+        return {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=sh[k]) for k, v in host.items()}
+
+
+def build_train_program(config: ml_collections.ConfigDict, mesh: Mesh) -> TrainProgram:
+    """The train program of ``config`` on ``mesh`` (abstract: nothing is allocated)."""
+    parts, params = abstract_params(config.model, mesh)
+    tx, lr_schedule = make_optimizer(config.optim, int(config.train.num_steps))
+    state, shardings = abstract_train_state(params, tx, mesh)
+    return TrainProgram(
+        config=config,
+        mesh=mesh,
+        parts=parts,
+        tx=tx,
+        lr_schedule=lr_schedule,
+        loss=make_loss(config),
+        abstract_state=state,
+        state_shardings=shardings,
+    )
