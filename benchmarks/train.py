@@ -3,11 +3,16 @@
     python benchmarks/train.py                       # shapes_tiny and a medium variant on CPU
     python benchmarks/train.py --configs medium --steps 20 --dtype bfloat16
     python benchmarks/train.py --configs 2b --tokens_scale 0.25   # accelerators: the 2B model
+    python benchmarks/train.py --configs tiny --loop_steps 60     # + the train loop's overhead
 
 Times the compiled train step alone (random device-resident batches, so the data pipeline is
 excluded; the full loop's step time is in metrics.jsonl of any run). MFU = model FLOPs
 (``m2dit_jax.model.flops``: 6N-style matmuls + dense attention, remat not counted) / elapsed /
 peak, with the peak from the device table or, on CPU, a measured f32 matmul rate.
+
+``--loop_steps N`` also runs ``train_and_evaluate`` for N steps of the same config (real data
+loader, checkpointing off, one log point) and reports the loop overhead
+``(loop time per step - compiled step time) / loop time per step``.
 """
 
 from __future__ import annotations
@@ -118,6 +123,36 @@ def run(name: str, steps: int, dtype: str, tokens_scale: float) -> dict:
     }
 
 
+def loop_overhead(name: str, dtype: str, steps: int, compiled_step_s: float) -> dict:
+    """Runs the real train loop for ``steps`` steps and compares it with the bare step."""
+    import tempfile
+
+    from m2dit_jax.train import train_and_evaluate
+
+    config = bench_config(name, dtype, 1.0)
+    config.train.update(
+        dict(
+            num_steps=steps,
+            log_every=steps,
+            checkpoint_every=10 * steps,
+            progress_bar=False,
+            tensorboard=False,
+            jsonl=False,
+        )
+    )
+    config.eval.batches = 0
+    with tempfile.TemporaryDirectory() as workdir:
+        result = train_and_evaluate(config, workdir)
+    loop = result["mean_step_time_s"]
+    return {
+        "config": name,
+        "loop_steps": steps,
+        "loop_step_ms": round(loop * 1e3, 2),
+        "compiled_step_ms": round(compiled_step_s * 1e3, 2),
+        "loop_overhead": round((loop - compiled_step_s) / loop, 4),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--configs", default="tiny,medium")
@@ -129,9 +164,27 @@ def main() -> None:
         default=1.0,
         help="2b/5b: fraction of the 13 latent frames per scene",
     )
+    parser.add_argument("--loop_steps", type=int, default=0, help="also time the train loop")
+    parser.add_argument("--repeats", type=int, default=3, help="bare-step / loop pairs")
     args = parser.parse_args()
     jax.config.update("jax_default_matmul_precision", "default")
     rows = [run(n, args.steps, args.dtype, args.tokens_scale) for n in args.configs.split(",")]
+    if args.loop_steps:
+        # Bare step and loop alternate, so both see the same machine state; the spread of the
+        # pairs is reported (a ratio taken under load moves).
+        for r in rows:
+            pairs = []
+            for i in range(args.repeats):
+                bare = r if i == 0 else run(r["config"], args.steps, args.dtype, args.tokens_scale)
+                pairs.append(
+                    loop_overhead(r["config"], args.dtype, args.loop_steps, bare["step_ms"] / 1e3)
+                )
+                print(json.dumps(pairs[-1]))
+            overheads = sorted(p["loop_overhead"] for p in pairs)
+            print(
+                f"{r['config']}: loop overhead median {np.median(overheads):.2%} "
+                f"(min {overheads[0]:.2%}, max {overheads[-1]:.2%}, {len(pairs)} pairs)"
+            )
     for row in rows:
         print(json.dumps(row))
     print()

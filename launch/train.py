@@ -3,7 +3,9 @@
     python -m launch.train --config configs/shapes_tiny.py --workdir runs/shapes_tiny \
         [--config.train.num_steps=2000 --config.mesh.fsdp=8 ...]
 
-Re-running the same command resumes from the newest good checkpoint in --workdir. Also
+Re-running the same command resumes from the newest checkpoint in --workdir; a checkpoint
+that does not match the config (exit 4) or a workdir whose checkpoints are all unreadable
+(exit 5) stops the run with the reason and moves nothing. Also
 installed as the ``m2dit-train`` console script. On a cluster, every process runs the same
 command (see launch/recipes/); multi-host start-up comes from the environment or
 ``--config.distributed.*``.
@@ -26,6 +28,7 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.getLogger("absl").setLevel(logging.WARNING)  # orbax chatter
+    from m2dit_jax.train.checkpointing import CheckpointMismatch, NoRestorableCheckpoint
     from m2dit_jax.train.config_checks import ConfigError
     from m2dit_jax.train.trainer import TrainingDiverged, train_and_evaluate
 
@@ -37,6 +40,12 @@ def main(argv: list[str]) -> None:
     except TrainingDiverged as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(3)
+    except CheckpointMismatch as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(4)
+    except NoRestorableCheckpoint as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(5)
     import jax
 
     if jax.process_index() == 0:
