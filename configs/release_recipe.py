@@ -21,7 +21,7 @@ def release_config(model_name: str, *, stage: int, name: str):
     config = default_trainer_config()
     config.name = name
     config.seed = 0
-    config.init_from = ""  # the diffusers CogVideoX transformer folder; set on the command line
+    config.init_from = ""  # stage-1 workdir or a CogVideoX pipeline folder; on the command line
 
     config.model = get_model_config(
         model_name, dtype="bfloat16", param_dtype="float32", remat="full", scan_layers=True

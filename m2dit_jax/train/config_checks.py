@@ -23,6 +23,7 @@ TOP_LEVEL = (
     "name",
     "seed",
     "init_from",
+    "init_from_weights",
     "model",
     "data",
     "diffusion",
@@ -198,6 +199,8 @@ def check_config(
         errors.append(
             f"diffusion.caption_dropout={config.diffusion.caption_dropout} must be in [0, 1]"
         )
+    if config.init_from_weights not in ("ema", "params"):
+        errors.append(f"init_from_weights={config.init_from_weights!r} must be 'ema' or 'params'")
     if config.distributed.initialize not in ("auto", "always", "never"):
         errors.append(
             f"distributed.initialize={config.distributed.initialize!r} must be auto|always|never"

@@ -5,7 +5,10 @@ A full training config is a ``ml_collections.ConfigDict`` with these top-level k
   name            str   run name (shown in logs)
   seed            int   root of the named random streams (``m2dit_jax.rng``): "init" for the
                         parameters, "train" for the steps (step k folds in k)
-  init_from       str   a diffusers CogVideoX transformer folder to start from ("" = random init)
+  init_from       str   weights to start a fresh run from ("" = random init): a diffusers
+                        pipeline or transformer folder, an m2dit params folder, or a training
+                        workdir / WORKDIR@STEP (see ``m2dit_jax.train.init_from``)
+  init_from_weights str "ema" | "params": which weights of a training workdir init_from takes
   model           the model section (``m2dit_jax.model.get_model_config`` fields)
   data            the data section (``m2dit_jax.data.default_data_config`` fields)
   diffusion       schedule / objective options (below)
@@ -152,6 +155,7 @@ def default_trainer_config() -> ml_collections.ConfigDict:
     config.name = "m2dit"
     config.seed = 0
     config.init_from = ""
+    config.init_from_weights = "ema"
     config.diffusion = diffusion_defaults()
     config.optim = optim_defaults()
     config.mesh = mesh_defaults()

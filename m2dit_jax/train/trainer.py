@@ -32,6 +32,7 @@ from m2dit_jax.train import distributed
 from m2dit_jax.train.checkpointing import Checkpointer
 from m2dit_jax.train.config_checks import check_config, model_layout
 from m2dit_jax.train.evaluation import Evaluator
+from m2dit_jax.train.init_from import load_init_params
 from m2dit_jax.train.loop import BatchPrefetcher, InFlight, MetricsWindow
 from m2dit_jax.train.metrics import MetricsWriter, ProgressBar, peak_tflops_per_device, throughput
 from m2dit_jax.train.preemption import PreemptionGuard
@@ -49,54 +50,19 @@ class TrainingDiverged(RuntimeError):
     """Too many non-finite steps in a row; the last good state was checkpointed."""
 
 
-# Model fields that describe how to run, not what the weights are: taken from our config when
-# the architecture comes from a diffusers folder.
-RUNTIME_MODEL_FIELDS = (
-    "dtype",
-    "param_dtype",
-    "remat",
-    "scan_layers",
-    "attention_backend",
-    "attention_options",
-    "text_pad_to",
-    "mask_mode",
-)
+def _initial_state(config: ml_collections.ConfigDict, mesh, program) -> dict[str, Any]:
+    """A fresh train state (step 0) on the program's shardings, for a run with no checkpoint
+    to resume: weights from ``init_from`` (``init_from.py``) or a random init."""
+    if config.init_from:
+        params, source = load_init_params(config, mesh, program)
+        log.info("initialised the weights from %s", source)
+    else:
+        from m2dit_jax.model import create_model
 
-
-def _build_model(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh):
-    """The model born sharded on ``mesh``, for a run with no checkpoint to resume: converted
-    CogVideoX weights when ``init_from`` names a diffusers folder, else random init."""
-    from m2dit_jax.model import create_model
-
-    with jax.set_mesh(mesh):
-        if not config.init_from:
-            return create_model(config.model, seed=int(config.seed), mesh=mesh)
-        from m2dit_jax.convert import load_diffusers_transformer
-
-        runtime = {k: config.model[k] for k in RUNTIME_MODEL_FIELDS if k in config.model}
-        if "attention_options" in runtime:
-            runtime["attention_options"] = dict(runtime["attention_options"])
-        model = load_diffusers_transformer(config.init_from, mesh=mesh, **runtime)
-    loaded = model.config
-    mismatched = [
-        f"model.{k}={config.model[k]!r} but {config.init_from} has {loaded[k]!r}"
-        for k in config.model.keys()
-        if k in loaded
-        and k not in RUNTIME_MODEL_FIELDS
-        and loaded[k] != config.model[k]
-        and k not in ("sample_height", "sample_width", "sample_frames")
-    ]
-    if mismatched:
-        raise ValueError("init_from does not match the config: " + "; ".join(mismatched))
-    return model
-
-
-def _initial_state(config, mesh, program):
-    """A fresh train state (step 0) on the program's shardings."""
-    model = _build_model(config, mesh)
-    _, params = split_model(model)
-    del model
-    params = jax.device_put(params, program.state_shardings["params"])
+        with jax.set_mesh(mesh):
+            model = create_model(config.model, seed=int(config.seed), mesh=mesh)
+        _, params = split_model(model)
+        del model
     state, _ = init_train_state(params, program.tx, mesh, int(config.seed))
     return state
 
