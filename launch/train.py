@@ -32,20 +32,17 @@ def main(argv: list[str]) -> None:
     from m2dit_jax.train.config_checks import ConfigError
     from m2dit_jax.train.trainer import TrainingDiverged, train_and_evaluate
 
+    exit_codes = (
+        (ConfigError, 2),
+        (TrainingDiverged, 3),
+        (CheckpointMismatch, 4),
+        (NoRestorableCheckpoint, 5),
+    )
     try:
         result = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    except ConfigError as e:
+    except tuple(error for error, _ in exit_codes) as e:
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except TrainingDiverged as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(3)
-    except CheckpointMismatch as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(4)
-    except NoRestorableCheckpoint as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(5)
+        sys.exit(next(code for error, code in exit_codes if isinstance(e, error)))
     import jax
 
     if jax.process_index() == 0:

@@ -61,3 +61,28 @@ def test_no_readable_checkpoint_stops_and_moves_nothing(tmp_path):
     assert "step 2:" in str(info.value) and "move" in str(info.value)
     assert _listing(workdir) == ["2"]
     assert not os.path.exists(os.path.join(workdir, "checkpoints_unrestorable"))
+
+
+def test_the_cli_exits_4_on_a_mismatch_and_says_why(trained, tmp_path):
+    import subprocess
+    import sys
+
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    config_file = tmp_path / "tiny_cfg.py"
+    config_file.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {tests_dir!r})\n"
+        "from test_train_common import tiny_config\n\n\n"
+        "def get_config():\n"
+        "    return tiny_config(num_steps=4)\n"
+    )
+    root = os.path.dirname(tests_dir)
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=root)
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+    proc = subprocess.run(
+        [sys.executable, "-m", "launch.train", "--config", str(config_file), "--workdir", trained,
+         "--config.model.num_layers=2"],
+        cwd=root, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 4, proc.stderr[-2000:]
+    assert "does not match" in proc.stderr and "params/blocks/1/" in proc.stderr
