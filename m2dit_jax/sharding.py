@@ -6,22 +6,34 @@ Mesh axes (every mesh has all four, size 1 where unused):
   context — sequence (context) parallelism,
   tensor  — heads / MLP (Megatron-style) parallelism.
 Modules annotate parameters and activations with *logical* names only; ``LOGICAL_RULES``
-maps them onto mesh axes.
+maps them onto mesh axes. ``axis_rules(overrides)`` replaces entries of that table inside a
+``with`` block (a context variable: threads and nested blocks see their own table), e.g. the
+config's ``mesh.logical_rules = "embed=fsdp+tensor, mlp="``.
+
+Meshes come from ``make_mesh``: a topology-aware device order from
+``jax.experimental.mesh_utils`` (``create_device_mesh`` within a TPU slice / GPU node,
+``create_hybrid_device_mesh`` across slices or nodes when a DCN shape is given).
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-from collections.abc import Sequence
+import re
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 MESH_AXES = ("data", "fsdp", "context", "tensor")
 
-LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
+Rules = tuple[tuple[str, Any], ...]
+
+LOGICAL_RULES: Rules = (
     ("batch", ("data", "fsdp")),
     ("seq", "context"),  # activations' token axis
     ("embed", "fsdp"),  # params' model-width axis (FSDP shards it)
@@ -36,22 +48,113 @@ LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
     ("layers", None),  # scanned layer axis
 )
 
+_ACTIVE_RULES: contextvars.ContextVar[Rules] = contextvars.ContextVar(
+    "m2dit_logical_rules", default=LOGICAL_RULES
+)
 
-def logical_to_mesh_axes(names: Sequence[str | None]) -> PartitionSpec:
-    """Maps a tuple of logical axis names to a PartitionSpec with LOGICAL_RULES.
+
+# ---------------------------------------------------------------------------------------------
+# Logical-axis rules
+
+
+def _normalise_target(name: str, target: Any) -> str | tuple[str, ...] | None:
+    if target is None:
+        axes: tuple[str, ...] = ()
+    elif isinstance(target, str):
+        axes = tuple(a for a in re.split(r"[+\s]+", target.strip()) if a)
+        if len(axes) == 1 and axes[0].lower() == "none":
+            axes = ()
+    else:
+        axes = tuple(target)
+    unknown = [a for a in axes if a not in MESH_AXES]
+    if unknown:
+        raise ValueError(
+            f"logical rule {name}={'+'.join(map(str, axes))}: unknown mesh axis "
+            f"{', '.join(map(repr, unknown))}; mesh axes are {MESH_AXES}"
+        )
+    if len(set(axes)) != len(axes):
+        raise ValueError(f"logical rule {name}={'+'.join(axes)} names a mesh axis twice")
+    return None if not axes else axes[0] if len(axes) == 1 else axes
+
+
+def parse_logical_rules(overrides: Any) -> Rules:
+    """Validated ``(logical name, mesh axes)`` pairs from a rules override.
+
+    ``overrides`` may be empty/None; a string of entries ``name=axis1+axis2`` separated by
+    commas or semicolons (``name=`` or ``name=none`` replicates that logical axis), e.g.
+    ``"embed=fsdp+tensor, seq=context, mlp="``; a sequence of such strings or of
+    ``(name, target)`` pairs; or a mapping ``name -> target`` (target: an axis name, a tuple
+    of them, or None). Names must be logical names of ``LOGICAL_RULES`` and axes must be mesh
+    axes (``MESH_AXES``); anything else raises ValueError naming the entry.
+    """
+    if overrides is None:
+        return ()
+    if isinstance(overrides, str):
+        entries: list[Any] = [e for e in re.split(r"[,;\n]", overrides) if e.strip()]
+    elif isinstance(overrides, Mapping):
+        entries = list(overrides.items())
+    else:
+        entries = list(overrides)
+    known = {name for name, _ in LOGICAL_RULES}
+    out: dict[str, Any] = {}
+    for entry in entries:
+        if isinstance(entry, str):
+            if "=" not in entry:
+                raise ValueError(
+                    f"logical rule {entry.strip()!r} must look like name=axis1+axis2 "
+                    "(or name= to replicate)"
+                )
+            name, target = (part.strip() for part in entry.split("=", 1))
+        else:
+            name, target = entry
+        if name not in known:
+            raise ValueError(
+                f"logical rule for unknown logical axis {name!r}; known: {sorted(known)}"
+            )
+        if name in out:
+            raise ValueError(f"logical axis {name!r} is given twice in the rule overrides")
+        out[name] = _normalise_target(name, target)
+    return tuple(out.items())
+
+
+def current_rules() -> Rules:
+    """The logical-axis table in effect: ``LOGICAL_RULES`` with the active overrides."""
+    return _ACTIVE_RULES.get()
+
+
+@contextlib.contextmanager
+def axis_rules(overrides: Any) -> Iterator[Rules]:
+    """Within the block, ``logical_to_mesh_axes`` (and everything built on it: param
+    shardings, activation constraints, attention's shard_map specs) uses the current table
+    with ``overrides`` replacing entries (see ``parse_logical_rules`` for the forms).
+    Nested blocks stack; the previous table is restored on exit. Yields the table in effect.
+    """
+    table = dict(current_rules())
+    table.update(parse_logical_rules(overrides))
+    rules = tuple(table.items())
+    token = _ACTIVE_RULES.set(rules)
+    try:
+        yield rules
+    finally:
+        _ACTIVE_RULES.reset(token)
+
+
+def logical_to_mesh_axes(names: Sequence[str | None], rules: Rules | None = None) -> PartitionSpec:
+    """Maps a tuple of logical axis names to a PartitionSpec with the rules in effect
+    (``current_rules()``, i.e. LOGICAL_RULES unless inside ``axis_rules``), or ``rules``.
 
     A mesh axis is used at most once per spec (later duplicates are replicated).
     """
-    rules = dict(LOGICAL_RULES)
+    table = dict(current_rules() if rules is None else rules)
     used: set[str] = set()
     out = []
     for name in names:
         if name is None:
             out.append(None)
             continue
-        if name not in rules:
-            raise ValueError(f"logical axis {name!r} has no rule; known: {sorted(rules)}")
-        target = rules[name]
+        if name not in table:
+            raise ValueError(f"logical axis {name!r} has no rule; known: {sorted(table)}")
+        target = table[name]
         axes = (target,) if isinstance(target, str) else tuple(target or ())
         axes = tuple(a for a in axes if a not in used)
         used.update(axes)
@@ -59,30 +162,125 @@ def logical_to_mesh_axes(names: Sequence[str | None]) -> PartitionSpec:
     return PartitionSpec(*out)
 
 
+# ---------------------------------------------------------------------------------------------
+# Meshes
+
+
+def _axis_sizes(shape: Mapping[str, int] | Sequence[int], what: str) -> list[int]:
+    if isinstance(shape, Mapping):
+        unknown = set(shape) - set(MESH_AXES)
+        if unknown:
+            raise ValueError(f"unknown {what} axes {sorted(unknown)}; axes are {MESH_AXES}")
+        return [int(shape.get(a, 1)) for a in MESH_AXES]
+    sizes = [int(s) for s in shape]
+    if len(sizes) != len(MESH_AXES):
+        raise ValueError(f"{what} shape needs {len(MESH_AXES)} entries {MESH_AXES}, got {sizes}")
+    return sizes
+
+
+def _granules(devices: Sequence[Any]) -> tuple[str, int]:
+    """(attribute, count) of the units the slow (DCN) network connects: TPU slices
+    (``slice_index``; a single-slice topology may not set it), else processes (GPU nodes,
+    CPU processes)."""
+    if devices[0].platform == "tpu":
+        return "slice_index", len({getattr(d, "slice_index", 0) for d in devices})
+    return "process_index", len({d.process_index for d in devices})
+
+
+def device_grid(
+    ici: Sequence[int], devices: Sequence[Any], dcn: Sequence[int] | None = None
+) -> np.ndarray:
+    """The devices arranged as a (data, fsdp, context, tensor) array, ordered for the network.
+
+    ``ici``: per-slice (per-node) axis sizes; ``dcn``: how many slices/nodes each axis spans
+    (default all 1); the grid's shape is ``ici * dcn``.
+
+    * One slice/node (``prod(dcn) == 1``): ``mesh_utils.create_device_mesh``. On TPU it maps
+      the axes onto the physical torus (later axes — tensor, context — get the fastest links);
+      when the shape cannot be laid on whole physical axes it retries with
+      ``allow_split_physical_axes=True``, and raises ValueError if that fails too. On GPU it
+      orders devices by id. For (simulated) CPU devices it is the defined behaviour of
+      ``create_device_mesh`` to reshape the devices in the order given, as there is no
+      topology to follow.
+    * Several (``prod(dcn) > 1``): ``mesh_utils.create_hybrid_device_mesh`` with TPU slices
+      (``slice_index``) or, elsewhere, processes (multi-node GPU) as the DCN units; their count
+      must equal ``prod(dcn)``.
+    """
+    devices = list(devices)
+    ici = [int(s) for s in ici]
+    dcn = [1] * len(ici) if dcn is None else [int(s) for s in dcn]
+    n_dcn = math.prod(dcn)
+    if math.prod(ici) * n_dcn != len(devices):
+        raise ValueError(
+            f"mesh per slice {dict(zip(MESH_AXES, ici))} x dcn {dict(zip(MESH_AXES, dcn))} needs "
+            f"{math.prod(ici) * n_dcn} devices, have {len(devices)}"
+        )
+    attr, count = _granules(devices)
+    unit = "slices" if attr == "slice_index" else "processes"
+    if n_dcn > 1:
+        if count != n_dcn:
+            raise ValueError(
+                f"the DCN mesh (mesh.dcn_*) {dict(zip(MESH_AXES, dcn))} spans {n_dcn} "
+                f"{unit}, but the devices belong to {count} {unit}"
+            )
+        try:
+            return mesh_utils.create_hybrid_device_mesh(
+                ici, dcn, devices, process_is_granule=attr == "process_index"
+            )
+        except (ValueError, NotImplementedError, AssertionError):
+            return mesh_utils.create_hybrid_device_mesh(
+                ici,
+                dcn,
+                devices,
+                process_is_granule=attr == "process_index",
+                allow_split_physical_axes=True,
+            )
+    if attr == "slice_index" and count > 1:
+        raise ValueError(
+            f"the devices span {count} TPU slices but the DCN mesh is 1: set mesh.dcn_data "
+            f"(or another mesh.dcn_* axis) so that their product is {count}"
+        )
+    if devices[0].platform != "tpu":
+        return mesh_utils.create_device_mesh(ici, devices)
+    try:
+        return mesh_utils.create_device_mesh(ici, devices)
+    except (ValueError, NotImplementedError, AssertionError):
+        pass
+    try:
+        return mesh_utils.create_device_mesh(ici, devices, allow_split_physical_axes=True)
+    except (ValueError, NotImplementedError, AssertionError) as e:
+        raise ValueError(
+            f"cannot lay the mesh {dict(zip(MESH_AXES, ici))} onto these {len(devices)} TPU "
+            f"devices ({devices[0].device_kind}; a subset of a slice via mesh.num_devices "
+            f"must be a whole sub-torus): {e}"
+        ) from e
+
+
 def make_mesh(
-    shape: dict[str, int] | Sequence[int], devices: Sequence[jax.Device] | None = None
+    shape: dict[str, int] | Sequence[int],
+    devices: Sequence[jax.Device] | None = None,
+    *,
+    dcn: dict[str, int] | Sequence[int] | None = None,
 ) -> Mesh:
     """Builds a (data, fsdp, context, tensor) mesh; one entry may be -1 (fills the rest).
 
-    ``shape`` is a dict keyed by axis name (missing axes = 1) or a 4-sequence in MESH_AXES order.
-    Axis types are Auto so logical-rule sharding and shard_map compose.
+    ``shape`` is a dict keyed by axis name (missing axes = 1) or a 4-sequence in MESH_AXES
+    order: the *full* axis sizes. ``dcn`` (same forms, default all 1) says how many TPU slices
+    / GPU nodes each axis spans; each full size must be a multiple of it, and the per-slice
+    part is ``shape / dcn``. Device order: ``device_grid``. Axis types are Auto so
+    logical-rule sharding and shard_map compose.
     """
     devices = list(devices if devices is not None else jax.devices())
-    if isinstance(shape, dict):
-        unknown = set(shape) - set(MESH_AXES)
-        if unknown:
-            raise ValueError(f"unknown mesh axes {sorted(unknown)}; axes are {MESH_AXES}")
-        sizes = [int(shape.get(a, 1)) for a in MESH_AXES]
-    else:
-        sizes = [int(s) for s in shape]
-        if len(sizes) != len(MESH_AXES):
-            raise ValueError(f"mesh shape needs {len(MESH_AXES)} entries {MESH_AXES}, got {sizes}")
+    sizes = _axis_sizes(shape, "mesh")
+    dcn_sizes = _axis_sizes(dcn or {}, "dcn")
     if sizes.count(-1) > 1:
         raise ValueError(f"at most one mesh axis may be -1, got {dict(zip(MESH_AXES, sizes))}")
     if any(s == 0 or s < -1 for s in sizes):
         raise ValueError(
             f"mesh axis sizes must be positive or -1, got {dict(zip(MESH_AXES, sizes))}"
         )
+    if any(s < 1 for s in dcn_sizes):
+        raise ValueError(f"dcn axis sizes must be positive, got {dict(zip(MESH_AXES, dcn_sizes))}")
     known = math.prod(s for s in sizes if s != -1)
     if -1 in sizes:
         if len(devices) % known:
@@ -95,7 +293,11 @@ def make_mesh(
             f"mesh {dict(zip(MESH_AXES, sizes))} needs {math.prod(sizes)} devices, "
             f"have {len(devices)}"
         )
-    grid = np.asarray(devices, dtype=object).reshape(sizes)
+    bad = [f"{a}={s} (dcn {d})" for a, s, d in zip(MESH_AXES, sizes, dcn_sizes) if s % d]
+    if bad:
+        raise ValueError(f"mesh axes not divisible by their dcn factor: {', '.join(bad)}")
+    ici = [s // d for s, d in zip(sizes, dcn_sizes)]
+    grid = device_grid(ici, devices, dcn_sizes)
     return Mesh(grid, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
 
 

@@ -25,3 +25,14 @@ def test_compile_report_gives_per_device_memory_and_flops():
     assert report["xla_flops_per_device"] > 0
     text = format_report("tiny", report)
     assert "per device" in text and "GiB" in text and "step FLOPs" in text
+
+
+def test_logical_rule_overrides_reach_the_compiled_state():
+    config = tiny_config(heads=4)
+    config.mesh.update(dict(data=1, fsdp=8, context=1, tensor=1, num_devices=0))
+    enable_compilation_cache(COMPILE_CACHE)
+    sharded = compile_report(config, num_devices=8)
+    # "embed=" replicates the params' width axis: FSDP no longer shards most of the state.
+    config.mesh.logical_rules = "embed="
+    replicated = compile_report(config, num_devices=8)
+    assert replicated["argument_bytes"] > 2 * sharded["argument_bytes"]

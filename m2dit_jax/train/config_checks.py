@@ -193,6 +193,16 @@ def check_config(
         errors.append(
             f"diffusion.target_scene={config.diffusion.target_scene!r} must be 'last' or 'random'"
         )
+    cond_mask_mode = config.diffusion.get("cond_mask_mode", "mask2dit")
+    if cond_mask_mode not in ("mask2dit", "causal_conditions"):
+        errors.append(
+            f"diffusion.cond_mask_mode={cond_mask_mode!r} must be 'mask2dit' or 'causal_conditions'"
+        )
+    elif cond_mask_mode == "causal_conditions" and config.diffusion.target_scene != "last":
+        errors.append(
+            "diffusion.cond_mask_mode='causal_conditions' needs diffusion.target_scene='last' "
+            f"(conditions must lead the window), got {config.diffusion.target_scene!r}"
+        )
     if not 0.0 <= config.diffusion.p_cond <= 1.0:
         errors.append(f"diffusion.p_cond={config.diffusion.p_cond} must be in [0, 1]")
     if not 0.0 <= config.diffusion.caption_dropout <= 1.0:

@@ -39,6 +39,10 @@ def diffusion_defaults() -> ml_collections.ConfigDict:
             # Per-scene probability of training on a zeroed caption (classifier-free guidance
             # needs it; the release trains without, so sample it with guidance_scale 1).
             caption_dropout=0.0,
+            # Attention of conditional samples: "mask2dit" (release: mask 2 leaves attention
+            # alone) or "causal_conditions" (conditions attend only among themselves, what
+            # extend(..., cache_conditions=True) needs; mask 2 then drawn per batch, target last).
+            cond_mask_mode="mask2dit",
         )
     )
 
