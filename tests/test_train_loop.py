@@ -60,3 +60,21 @@ def test_window_summary_means_states_and_skips():
     window = loop.MetricsWindow()
     window.add({"loss": jnp.float32(2.0)}, 0.5)
     assert len(window) == 1 and window.fetch()[0]["loss"] == 2.0 and window.data_time == 0.5
+
+
+def test_the_whole_run_is_under_the_configs_logical_rules(tmp_path):
+    from m2dit_jax.data import make_dataset
+    from m2dit_jax.sharding import current_rules
+
+    seen = []
+
+    def factory(*args, **kwargs):
+        seen.append(dict(current_rules())["embed"])
+        return make_dataset(*args, **kwargs)
+
+    config = tiny_config(num_steps=2, checkpoint_every=100)
+    config.mesh.update(dict(fsdp=2, num_devices=2))
+    config.mesh.logical_rules = "embed=fsdp+context"
+    result = train_and_evaluate(config, str(tmp_path), dataset_factory=factory)
+    assert seen == [("fsdp", "context")] and len(result["losses"]) == 2
+    assert dict(current_rules())["embed"] == "fsdp"  # restored after the run

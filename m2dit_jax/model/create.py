@@ -39,7 +39,7 @@ def _warn_replicated(replicated: list[str], mesh: Mesh) -> None:
 def param_shardings(state: nnx.State, mesh: Mesh) -> nnx.State:
     """The NamedSharding of every parameter in ``state`` (abstract or concrete) on ``mesh``.
 
-    Reads each Variable's logical names (``out_sharding`` metadata) through LOGICAL_RULES; a
+    Reads each Variable's logical names (``out_sharding`` metadata) through the active rule table; a
     dimension the mapped mesh axes do not divide is replicated instead (``divisible_spec``),
     with one warning that names those parameters.
     """

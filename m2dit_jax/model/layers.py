@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import PartitionSpec
 
-from m2dit_jax.sharding import LOGICAL_RULES, logical_to_mesh_axes
+from m2dit_jax.sharding import current_rules, logical_to_mesh_axes
 
 Initializer = Callable[[jax.Array, tuple[int, ...], jnp.dtype], jax.Array]
 
@@ -68,7 +68,9 @@ def make_param(
         if fitted != spec:  # shard what divides by hand; Flax's eager path would raise
             value = jax.lax.with_sharding_constraint(value, fitted)
             eager = False
-    return nnx.Param(value, out_sharding=names, sharding_rules=LOGICAL_RULES, eager_sharding=eager)
+    return nnx.Param(
+        value, out_sharding=names, sharding_rules=current_rules(), eager_sharding=eager
+    )
 
 
 def _fan_in_init(n_in: int) -> Initializer:

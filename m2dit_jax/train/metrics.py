@@ -19,9 +19,10 @@ import numpy as np
 # Dense peak FLOP/s per device in bf16 (vendor numbers), by substrings of device_kind.
 PEAK_TFLOPS = (
     ("v6", 918.0),  # TPU v6e (Trillium)
-    ("v5p", 459.0),
-    ("v5 lite", 197.0),  # TPU v5e reports "TPU v5 lite"
+    ("v5 lite", 197.0),  # TPU v5e reports "TPU v5 lite" (checked before plain "v5")
     ("v5e", 197.0),
+    ("v5p", 459.0),
+    ("tpu v5", 459.0),  # TPU v5p reports "TPU v5"
     ("v4", 275.0),
     ("h200", 989.0),
     ("h100", 989.0),

@@ -27,10 +27,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from m2dit_jax.sharding import make_mesh
+from m2dit_jax.sharding import axis_rules, make_mesh
 from m2dit_jax.train import distributed
 from m2dit_jax.train.checkpointing import Checkpointer
-from m2dit_jax.train.config_checks import check_config, model_layout
+from m2dit_jax.train.config_checks import check_config, dcn_mesh_shape, model_layout
 from m2dit_jax.train.evaluation import Evaluator
 from m2dit_jax.train.init_from import load_init_params
 from m2dit_jax.train.loop import BatchPrefetcher, InFlight, MetricsWindow
@@ -133,13 +133,20 @@ def train_and_evaluate(
        "preempted", "start_step", "compile_s", "mean_step_time_s", "params"}.
     """
     distributed.initialize(config.distributed)
+    # Everything — param shardings, activation constraints, attention specs — under the
+    # config's logical-axis rules (mesh.logical_rules overrides the table).
+    with axis_rules(config.mesh.get("logical_rules", "")):
+        return _train(config, workdir, dataset_factory or _default_dataset_factory)
+
+
+def _train(config, workdir: str, dataset_factory: DatasetFactory) -> dict[str, Any]:
     if config.train.compilation_cache_dir:
         enable_compilation_cache(config.train.compilation_cache_dir)
     mesh_shape = check_config(
         config, num_devices=jax.device_count(), process_count=jax.process_count()
     )
     devices = jax.devices()[: int(config.mesh.num_devices) or None]
-    mesh = make_mesh(mesh_shape, devices)
+    mesh = make_mesh(mesh_shape, devices, dcn=dcn_mesh_shape(config.mesh))
     workdir = os.path.abspath(workdir)
     _write_config(workdir, config)
     t_cfg = config.train
@@ -147,7 +154,6 @@ def train_and_evaluate(
     stop_at = min(int(t_cfg.stop_at_step) or num_steps, num_steps)
     layout = model_layout(config)
     global_batch = int(t_cfg.batch_size)
-    dataset_factory = dataset_factory or _default_dataset_factory
 
     program = build_train_program(config, mesh)
     dataset = dataset_factory(
