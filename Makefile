@@ -10,7 +10,7 @@ export XLA_PYTHON_CLIENT_PREALLOCATE := false
 $(STAMP): setup.py constraints/torch-cpu.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@# pip's mirror configuration prints one harmless warning per package; keep the log readable.
-	@bash -o pipefail -c '$(PY) -m pip install -q -c constraints/torch-cpu.txt -e ".[test,parity]" 2>&1 | { grep -v "^WARNING: Location" || true; }'
+	@bash -o pipefail -c '$(PY) -m pip install -q -c constraints/torch-cpu.txt -e ".[test,parity,eval]" 2>&1 | { grep -v "^WARNING: Location" || true; }'
 	@echo "installed pinned dependencies into $(VENV)"
 	@rm -f $(VENV)/.installed-* && touch $@
 
