@@ -9,9 +9,9 @@ The release's recipe (configs/release_recipe.py): AdamW lr 1e-5, warm-up 100, we
 Command (every host of the slice/cluster runs it; see launch/recipes/)::
 
     python -m launch.train --config configs/mask2dit_2b_pretrain.py \
-        --workdir gs://BUCKET/runs/2b_pretrain \
+        --workdir /mnt/runs/2b_pretrain \
         --config.init_from=/path/to/CogVideoX-2B/transformer \
-        --config.data.path=gs://BUCKET/latents/stage1
+        --config.data.path=/mnt/latents/stage1
 
 What it produces: orbax checkpoints every 250 steps (last 3 kept; resumes exactly on restart or
 preemption), TensorBoard + metrics.jsonl with loss (total and per scene), grad norm, lr,

@@ -8,14 +8,16 @@ The release's recipe (configs/release_recipe.py): AdamW lr 1e-5, warm-up 100, we
 
 Command (every host of the slice/cluster runs it; see launch/recipes/)::
 
-    python -m launch.train --config configs/mask2dit_2b_sft.py --workdir gs://BUCKET/runs/2b_sft \
-        --config.init_from=gs://BUCKET/runs/2b_pretrain \
-        --config.data.path=gs://BUCKET/latents/stage2
+    python -m launch.train --config configs/mask2dit_2b_sft.py --workdir /mnt/runs/2b_sft \
+        --config.init_from=/mnt/runs/2b_pretrain \
+        --config.data.path=/mnt/latents/stage2
 
-``init_from`` is the stage-1 training workdir itself (its newest checkpoint's EMA weights;
-``WORKDIR@STEP`` picks a step, ``--config.init_from_weights=params`` the raw params), or
-CogVideoX-2B's own pipeline / transformer folder to skip stage 1. It is applied only
-when this workdir has no checkpoint yet: restarts resume from this run's own checkpoints.
+``init_from`` is the stage-1 workdir (its newest checkpoint's EMA weights; ``WORKDIR@STEP`` for
+another step, ``--config.init_from_weights=params`` for the raw weights; a local or mounted
+path such as a gcsfuse mount), or CogVideoX-2B's pipeline folder to skip stage 1. It is
+applied only when this workdir has no checkpoint yet. To sample or share stage 1, export it as
+a pipeline folder (also a valid ``init_from``): ``python -m launch.export --workdir
+/mnt/runs/2b_pretrain --out exported/2b_pretrain --base /path/to/CogVideoX-2b``.
 
 What it produces: orbax checkpoints every 250 steps (last 3 kept; resumes exactly on restart or
 preemption), TensorBoard + metrics.jsonl with loss (total and per scene), grad norm, lr,

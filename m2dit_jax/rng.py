@@ -31,6 +31,8 @@ STREAM_NAMES = (
     "sample_noise",  # a sampler's initial latents
     "sampler",  # a stochastic sampler's per-step noise (DPM-Solver SDE)
     "extension",  # extension k of a chain folds in k
+    "condition_posterior",  # release-style extension: the VAE posterior sample of conditions
+    "condition_noise",  # release-style extension: add_noise at t = 0 on the conditions
 )
 
 

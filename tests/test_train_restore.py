@@ -86,3 +86,8 @@ def test_the_cli_exits_4_on_a_mismatch_and_says_why(trained, tmp_path):
     )  # fmt: skip
     assert proc.returncode == 4, proc.stderr[-2000:]
     assert "does not match" in proc.stderr and "params/blocks/1/" in proc.stderr
+
+
+def test_a_url_workdir_is_refused_with_the_fix():
+    with pytest.raises(ValueError, match="URL workdirs are not supported.*mount"):
+        train_and_evaluate(tiny_config(num_steps=1), "gs://bucket/runs/x")

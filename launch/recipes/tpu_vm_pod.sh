@@ -18,7 +18,7 @@ PROJECT="${PROJECT:-$(gcloud config get-value project 2>/dev/null)}"
 ACCELERATOR="${ACCELERATOR:-v5p-64}"            # 32 chips, 8 hosts
 RUNTIME="${RUNTIME:-v2-alpha-tpuv5}"
 CONFIG="${CONFIG:-configs/mask2dit_5b_pretrain.py}"
-WORKDIR="${WORKDIR:?set WORKDIR, e.g. gs://BUCKET/runs/5b_pretrain}"
+WORKDIR="${WORKDIR:?set WORKDIR, e.g. /mnt/bucket/runs/5b_pretrain}"
 EXTRA_FLAGS="${EXTRA_FLAGS:-}"                  # e.g. --config.init_from=... --config.data.path=...
 SPOT="${SPOT:-}"                                # non-empty: a preemptible (spot) slice
 REMOTE_DIR="m2dit_jax"

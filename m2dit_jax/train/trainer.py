@@ -147,6 +147,12 @@ def _train(config, workdir: str, dataset_factory: DatasetFactory) -> dict[str, A
     )
     devices = jax.devices()[: int(config.mesh.num_devices) or None]
     mesh = make_mesh(mesh_shape, devices, dcn=dcn_mesh_shape(config.mesh))
+    if "://" in str(workdir):
+        raise ValueError(
+            f"workdir={workdir!r}: URL workdirs are not supported (metrics, config.json and "
+            "result.json are written with local file I/O); mount the bucket (e.g. gcsfuse) "
+            "and pass the mount path"
+        )
     workdir = os.path.abspath(workdir)
     _write_config(workdir, config)
     t_cfg = config.train
