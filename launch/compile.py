@@ -1,7 +1,8 @@
 """Compile the train step ahead of time: for a TPU topology, or on N simulated CPU devices.
 
     python -m launch.compile --config configs/mask2dit_5b_sft.py --topology v5p-8 \
-        [--search --search_context=1,2 --search_batch_per_chip=1,2 --search_remat=full,save_dots]
+        [--search --search_context=1,2 --search_batch_per_chip=1,2 --search_remat=full,save_attn \
+         --search_logical_rules=default,zero3]
     python -m launch.compile --config configs/mask2dit_5b_sft.py --devices 8 \
         [--config.mesh.context=2 --config.train.batch_size=8 ...]
 
@@ -85,12 +86,19 @@ _S_FSDP = flags.DEFINE_list("search_fsdp", ["-1"], "fsdp sizes (-1 = all chips l
 _S_CONTEXT = flags.DEFINE_list("search_context", ["1", "2"], "context sizes.")
 _S_TENSOR = flags.DEFINE_list("search_tensor", ["1"], "tensor sizes.")
 _S_BATCH = flags.DEFINE_list("search_batch_per_chip", ["1", "2"], "Global batch / chips.")
-_S_REMAT = flags.DEFINE_list("search_remat", ["full"], "Remat policies (none, full, save_dots).")
+_S_REMAT = flags.DEFINE_list(
+    "search_remat",
+    ["full"],
+    "Remat policies (m2dit_jax.model.config.REMAT_POLICIES: none, full, save_dots, save_attn, "
+    "save_qkv_attn, offload_attn, offload_qkv_attn, offload_dots, offload_input; all = every "
+    "one but none).",
+)
 _S_RULES = flags.DEFINE_list(
     "search_logical_rules",
     ["default"],
-    "mesh.logical_rules variants, entries separated by ';' (default = the config's), "
-    "e.g. default,embed=fsdp+context",
+    "mesh.logical_rules variants, entries separated by ';' (default = the config's), a preset "
+    "of m2dit_jax.sharding.RULE_PRESETS (fsdp_context = the default, fsdp, zero3, replicated; "
+    "presets = all of them), e.g. default,zero3,embed=fsdp+tensor",
 )
 _JSON = flags.DEFINE_string("json", None, "Also write the report(s) as JSON to this file.")
 flags.mark_flags_as_required(["config"])

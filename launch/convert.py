@@ -7,7 +7,9 @@
     python -m launch.convert to-diffusers --params ckpt/5b --out out/transformer --bf16
 
 ``to-jax`` with ``--mesh fsdp=8`` (any axes of data/fsdp/context/tensor) places every tensor
-directly onto that mesh while loading. Both commands print a JSON summary.
+directly onto that mesh while loading; ``--positions-convention release`` stores the
+Mask²DiT release's position tables in the model config (default ``diffusers``). Both commands
+print a JSON summary.
 """
 
 from __future__ import annotations
@@ -39,10 +41,14 @@ def _count(model) -> int:
     return int(sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param))))
 
 
-def to_jax(diffusers: str, out: str, mesh: str | None = None) -> dict[str, Any]:
+def to_jax(
+    diffusers: str, out: str, mesh: str | None = None, positions_convention: str = "diffusers"
+) -> dict[str, Any]:
     from m2dit_jax.convert import load_diffusers_transformer, save_params
 
-    model = load_diffusers_transformer(diffusers, mesh=_parse_mesh(mesh))
+    model = load_diffusers_transformer(
+        diffusers, mesh=_parse_mesh(mesh), positions_convention=positions_convention
+    )
     save_params(model, out)
     return {"params": out, "num_params": _count(model), "config": model.config.to_dict()}
 
@@ -66,6 +72,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     a.add_argument("--diffusers", required=True, help="transformer/ folder or pipeline root")
     a.add_argument("--out", required=True, help="params folder to create")
     a.add_argument("--mesh", default=None, help="e.g. fsdp=8 or data=2,fsdp=4")
+    a.add_argument(
+        "--positions-convention",
+        choices=("diffusers", "release"),
+        default="diffusers",
+        help="position tables off the sample grid: diffusers >= 0.32 (default) or the "
+        "Mask²DiT release's (stored in the params' model config)",
+    )
     b = sub.add_parser("to-diffusers", help="our params folder -> diffusers folder")
     b.add_argument("--params", required=True, help="a folder written by to-jax / save_params")
     b.add_argument("--out", required=True, help="diffusers transformer/ folder to write")
@@ -74,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parser.parse_args(argv)
     try:
         if args.command == "to-jax":
-            summary = to_jax(args.diffusers, args.out, args.mesh)
+            summary = to_jax(args.diffusers, args.out, args.mesh, args.positions_convention)
         else:
             summary = to_diffusers(args.params, args.out, args.bf16, args.max_shard_size)
     except ValueError as err:

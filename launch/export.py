@@ -1,15 +1,32 @@
-"""Exports a training run's checkpoint as an inference bundle (and optionally diffusers).
+"""Exports a training run's checkpoint: a pipeline folder (latent-space runs) or an inference
+bundle (pixel-space runs), optionally also the bare diffusers transformer.
 
-    python -m launch.export --workdir runs/demo --out runs/demo/bundle [--step N] \
-        [--weights ema|params] [--bf16] [--diffusers runs/demo/diffusers_transformer]
+    python -m launch.export --workdir runs/2b_sft --out exported/2b_sft [--base CogVideoX-2b]
+    python -m launch.export --workdir runs/demo --out runs/demo/bundle [--diffusers DIR]
+        [--step N] [--weights ema|params] [--bf16]
+    python -m launch.export --workdir runs/5b_lora --out exported/5b_lora --merge-lora [--scale S]
+    python -m launch.export --workdir runs/5b_lora --out lora/ --lora-only     # adapters only
 
 Reads ``WORKDIR/config.json`` (written by the trainer) and the newest — or the given — orbax
 checkpoint in ``WORKDIR/checkpoints``; restores only the chosen weights (EMA by default, not
-the optimizer state) and writes the bundle described in ``m2dit_jax.inference.bundle``:
-``config.json`` + ``model.safetensors`` + ``README.md``, loadable by ``launch.sample --model``.
-``--diffusers DIR`` also writes the transformer in diffusers' ``CogVideoXTransformer3DModel``
-layout (config.json + safetensors) for PyTorch tooling; note that diffusers' pipeline knows
-nothing of multi-scene masks — it gets the weights, not the Mask²DiT sampling.
+the optimizer state).
+
+- Latent-space runs (``data.source="latents"``: CogVideoX VAE latents + T5 embeddings) become
+  a complete diffusers **pipeline folder**: ``transformer/`` (the trained weights in
+  ``CogVideoXTransformer3DModel`` layout, ``--bf16`` halves it), ``vae/``, ``text_encoder/``,
+  ``tokenizer/``, ``scheduler/`` and ``model_index.json`` of the base pipeline hard-linked
+  (copied across filesystems; never re-saved; the scheduler is rewritten only when the run
+  trained with another SNR shift), plus ``m2dit.json`` (scenes, frames, size, fps, schedule,
+  position convention, provenance) and ``README.md``. The base pipeline is ``--base``, or the
+  run's ``init_from`` when that is a pipeline folder (or its ``transformer/``). diffusers loads
+  ``OUT/transformer``; ``launch.sample --model OUT`` samples the folder.
+- Pixel-space runs (hashed text encoder + space-to-depth) become the bundle described in
+  ``m2dit_jax.inference.bundle``: ``config.json`` + ``model.safetensors`` + ``README.md``.
+  ``--diffusers DIR`` also writes the bare transformer in diffusers' layout.
+- LoRA runs (``config.lora.rank > 0``): ``--merge-lora [--scale S]`` exports either of the
+  above with the adapters merged into the frozen base; ``--lora-only`` writes the adapters alone
+  as a diffusers-layout LoRA safetensors file (``m2dit_jax.convert.lora``), which
+  ``CogVideoXPipeline.load_lora_weights`` and ``launch.sample --lora`` read.
 """
 
 from __future__ import annotations
@@ -60,7 +77,7 @@ def restore_weights(state_path: str, which: str = "ema") -> dict[str, np.ndarray
     import jax
     import orbax.checkpoint as ocp
 
-    if which not in ("ema", "params"):
+    if which not in ("ema", "params", "base"):  # "base": a LoRA run's frozen weights
         raise ValueError(f"weights must be 'ema' or 'params', got {which!r}")
     state_path = os.path.abspath(state_path)  # orbax resolves metadata from absolute paths only
     checkpointer = ocp.PyTreeCheckpointer()
@@ -77,6 +94,80 @@ def restore_weights(state_path: str, which: str = "ema") -> dict[str, np.ndarray
         ),
     )
     return bundle_lib.flat_params(restored[which])
+
+
+def lora_section(config: dict[str, Any]) -> dict[str, Any] | None:
+    """The run's ``lora`` section when it trained LoRA adapters (rank > 0), else None."""
+    lora = config.get("lora") or {}
+    return lora if int(lora.get("rank", 0) or 0) > 0 else None
+
+
+def restore_run_weights(
+    state_path: str,
+    config: dict[str, Any],
+    which: str = "ema",
+    *,
+    merge_lora: bool = False,
+    scale: float = 1.0,
+) -> dict[str, np.ndarray]:
+    """The flat model weights of a checkpoint: ``state[which]`` of a full fine-tuning run;
+    for a LoRA run (``--merge-lora``) the frozen ``state["base"]`` with ``state[which]``'s
+    adapters merged at ``scale`` (``W + scale * alpha/r * A @ B``, f32 sum)."""
+    lora = lora_section(config)
+    if lora is None:
+        if merge_lora:
+            raise ValueError("--merge-lora: this run trained no LoRA (its config has lora.rank 0)")
+        return restore_weights(state_path, which)
+    if not merge_lora:
+        raise ValueError(
+            f"this run trained LoRA adapters (rank {lora['rank']}): pass --merge-lora "
+            "[--scale S] to export the model with the adapters merged, or --lora-only to "
+            "write the adapters as a diffusers LoRA file"
+        )
+    import ml_collections
+
+    from m2dit_jax.convert import lora as lora_io
+
+    model = ml_collections.ConfigDict(config["model"])
+    rank = int(lora["rank"])
+    alpha = float(lora.get("alpha") or rank)
+    adapters = restore_weights(state_path, which)
+    tensors = lora_io.lora_state_dict(adapters, model, rank=rank, alpha=alpha)
+    del adapters
+    base = restore_weights(state_path, "base")
+    return lora_io.merge_lora_flat(base, model, tensors, scale)
+
+
+def export_lora_only(
+    workdir: str, out: str, *, step: int | None = None, weights: str = "ema", bf16: bool = False
+) -> dict[str, Any]:
+    """A LoRA run's adapters -> one diffusers-layout LoRA safetensors file."""
+    import ml_collections
+
+    from m2dit_jax.convert import lora as lora_io
+
+    config = read_workdir_config(workdir)
+    lora = lora_section(config)
+    if lora is None:
+        raise ValueError("--lora-only: this run trained no LoRA (its config has lora.rank 0)")
+    step, state_path = find_checkpoint(workdir, step)
+    adapters = restore_weights(state_path, weights)
+    rank = int(lora["rank"])
+    path = lora_io.export_lora(
+        adapters,
+        ml_collections.ConfigDict(config["model"]),
+        out,
+        rank=rank,
+        alpha=float(lora.get("alpha") or rank),
+        dtype="bfloat16" if bf16 else "float32",
+    )
+    return {
+        "lora": path,
+        "step": step,
+        "weights": weights,
+        "num_params": int(sum(v.size for v in adapters.values())),
+        "bytes": os.path.getsize(path),
+    }
 
 
 def encoders_from_data(data: dict[str, Any]) -> tuple[dict, dict]:
@@ -104,6 +195,198 @@ def encoders_from_data(data: dict[str, Any]) -> tuple[dict, dict]:
     return encoders, video
 
 
+def is_latent_run(data: dict[str, Any]) -> bool:
+    return data.get("source") == "latents" or (
+        data.get("text_encoder", "none") == "none" and data.get("video_encoder", "none") == "none"
+    )
+
+
+def resolve_base(config: dict[str, Any], base: str | None, _depth: int = 0) -> str:
+    """The base pipeline folder of a latent-space run: ``--base``, else the run's
+    ``init_from`` when that is a pipeline folder, the ``transformer/`` inside one, or a
+    training workdir (``[@STEP]``) whose own config resolves to one (stage 2 from stage 1)."""
+    import re
+
+    from m2dit_jax.inference import pipeline_folder as pf
+
+    if base:
+        if not pf.is_pipeline_folder(base):
+            raise ValueError(
+                f"--base {base}: not a diffusers pipeline folder (no model_index.json)"
+            )
+        return base
+    for key in ("base_pipeline", "init_from"):
+        value = re.sub(r"@\d+$", "", str(config.get(key) or "")).rstrip("/")
+        for candidate in (value, os.path.dirname(value)):
+            if candidate and pf.is_pipeline_folder(candidate):
+                return candidate
+        parent = os.path.join(value, "config.json")
+        if value and _depth < 4 and os.path.isfile(parent):
+            try:
+                return resolve_base(read_workdir_config(value), None, _depth + 1)
+            except ValueError:
+                pass
+    raise ValueError(
+        "this is a latent-space run (CogVideoX latents + T5 embeddings): its VAE, T5, "
+        "tokenizer and scheduler come from the base pipeline, which the run's config does not "
+        "name; pass --base PIPELINE_DIR (e.g. the CogVideoX-2b / 5b folder the latents were "
+        "precomputed with)"
+    )
+
+
+def _scene_geometry(data: dict[str, Any], model: dict[str, Any], ratio: int) -> dict[str, int]:
+    """Pixel frames/height/width of one scene: from the first latents record's meta (what the
+    precompute job encoded), else from the model's latent sample grid."""
+    geometry = {
+        "frames": (int(model["sample_frames"]) - 1)
+        * int(model.get("temporal_compression_ratio", 4))
+        + 1,
+        "height": int(model["sample_height"]) * ratio,
+        "width": int(model["sample_width"]) * ratio,
+    }
+    try:
+        from m2dit_jax.data.latents_format import expand_shard_paths, read_latent_shard
+
+        record = next(read_latent_shard(expand_shard_paths(data["path"])[0]))
+        for key in geometry:
+            if isinstance(record.meta.get(key), int) and record.meta[key] > 0:
+                geometry[key] = int(record.meta[key])
+    except Exception:  # noqa: BLE001 - shards moved or unreadable: the model grid stands
+        pass
+    return geometry
+
+
+_PIPELINE_README = """# Mask²DiT pipeline folder
+
+Exported by `launch.export` from `{workdir}` (step {step}, {which} weights, {dtype}) on the
+base pipeline `{base}`: {scenes} scenes of {frames} frames at {height}x{width} px sampled
+jointly, {fps} fps. `transformer/` is the trained Mask²DiT transformer in diffusers'
+`CogVideoXTransformer3DModel` layout; `vae/`, `text_encoder/`, `tokenizer/`, `scheduler/` are
+the base pipeline's (hard links); `m2dit.json` says how to sample it.
+
+    python -m launch.sample --model {path} --script examples/three_scenes.yaml --out out.mp4
+    python -m launch.sample --model {path} --extend out.mp4 \\
+        --script examples/two_more_scenes.yaml --out longer.mp4
+"""
+
+
+def export_pipeline(
+    workdir: str,
+    out: str,
+    *,
+    base: str | None = None,
+    step: int | None = None,
+    weights: str = "ema",
+    bf16: bool = False,
+    fps: int | None = None,
+    config: dict[str, Any] | None = None,
+    merge_lora: bool = False,
+    lora_scale: float = 1.0,
+) -> dict[str, Any]:
+    """A latent-space run -> a complete diffusers pipeline folder at ``out``."""
+    import ml_collections
+
+    from m2dit_jax.convert.pipeline import save_transformer_from_flat
+    from m2dit_jax.inference import pipeline_folder as pf
+
+    config = config or read_workdir_config(workdir)
+    base = os.path.abspath(resolve_base(config, base))
+    folder = pf.read_pipeline_folder(base)  # every part checked before any work
+    out = os.path.abspath(out)
+    if out == base:
+        raise ValueError("--out must not be the base pipeline folder")
+    if os.path.exists(out) and os.listdir(out) and not pf.is_pipeline_folder(out):
+        raise ValueError(f"--out {out} exists and is not an (earlier exported) pipeline folder")
+    model = ml_collections.ConfigDict(config["model"])
+    data = config["data"]
+    d_model = int(folder.text_encoder_config.get("d_model", -1))
+    latent = int(folder.vae_config.get("latent_channels", -1))
+    problems = []
+    if d_model != model.text_dim:
+        problems.append(f"text_encoder d_model {d_model} != model.text_dim {model.text_dim}")
+    if latent != model.in_channels:
+        problems.append(f"vae latent_channels {latent} != model.in_channels {model.in_channels}")
+    if problems:
+        raise ValueError(f"base pipeline {base} does not fit the run: {'; '.join(problems)}")
+    step, state_path = find_checkpoint(workdir, step)
+    params = restore_run_weights(
+        state_path, config, weights, merge_lora=merge_lora, scale=lora_scale
+    )
+    os.makedirs(out, exist_ok=True)
+    dtype = "bfloat16" if bf16 else "float32"
+    files = save_transformer_from_flat(
+        params, model, os.path.join(out, "transformer"), dtype=dtype, max_shard_size="5GB"
+    )
+    num_params = int(sum(v.size for v in params.values()))
+    del params
+    linked = {"linked": 0, "copied": 0}
+    for part in ("vae", "text_encoder", "tokenizer"):
+        counts = pf.link_or_copy_tree(folder.part(part), os.path.join(out, part))
+        linked = {k: linked[k] + counts[k] for k in linked}
+    counts = pf.link_or_copy_tree(folder.part("scheduler"), os.path.join(out, "scheduler"))
+    linked = {k: linked[k] + counts[k] for k in linked}
+    diffusion = config.get("diffusion", {})
+    trained = {
+        k: diffusion[k] for k in ("snr_shift_scale", "num_train_timesteps") if k in diffusion
+    }
+    scheduler_config = dict(folder.scheduler_config)
+    rewrite = {k: v for k, v in trained.items() if scheduler_config.get(k) != v}
+    if rewrite:  # the run trained with another schedule: sample with that one
+        path = os.path.join(out, "scheduler", "scheduler_config.json")
+        os.remove(path)  # a hard link to the base's file: never write through it
+        with open(path, "w") as f:
+            json.dump({**scheduler_config, **rewrite}, f, indent=2)
+    pf.link_or_copy_file(os.path.join(base, pf.MODEL_INDEX), os.path.join(out, pf.MODEL_INDEX))
+    ratio = 2 ** (len(folder.vae_config.get("block_out_channels", [0] * 4)) - 1)
+    geometry = _scene_geometry(data, model, ratio)
+    schedule, _ = pf.schedule_from_scheduler_config({**scheduler_config, **rewrite})
+    positions = str(model.get("positions_convention", "")) or (
+        "release" if model.get("sincos_temporal") == "stretch" else "diffusers"
+    )
+    source = {
+        "workdir": os.path.abspath(workdir),
+        "step": step,
+        "weights": weights,
+        "weights_dtype": dtype,
+        "base": base,
+        "name": config.get("name"),
+        "cond_mask_mode": diffusion.get("cond_mask_mode", "mask2dit"),
+        "p_cond": diffusion.get("p_cond"),
+    }
+    if merge_lora:
+        lora = lora_section(config)
+        source["lora"] = {"rank": lora["rank"], "alpha": lora.get("alpha"), "scale": lora_scale}
+    pf.write_m2dit_json(
+        out,
+        num_scenes=int(data["num_scenes"]),
+        fps=int(fps or pf.DEFAULT_FPS),
+        text_len=int(model.text_len),
+        positions=positions,
+        schedule=pf.schedule_kwargs(schedule),
+        source=source,
+        **geometry,
+    )
+    with open(os.path.join(out, "README.md"), "w") as f:
+        f.write(
+            _PIPELINE_README.format(
+                workdir=source["workdir"], step=step, which=weights, dtype=dtype, base=base,
+                scenes=data["num_scenes"], fps=fps or pf.DEFAULT_FPS, path=out, **geometry,
+            )
+        )  # fmt: skip
+    return {
+        "pipeline": out,
+        "step": step,
+        "weights": weights,
+        "num_params": num_params,
+        "bytes": sum(os.path.getsize(os.path.join(out, "transformer", name)) for name in files),
+        "transformer_files": files,
+        "base": base,
+        "linked_files": linked["linked"],
+        "copied_files": linked["copied"],
+        "scheduler_rewritten": sorted(rewrite),
+    }
+
+
 def export(
     workdir: str,
     out: str,
@@ -112,11 +395,33 @@ def export(
     weights: str = "ema",
     bf16: bool = False,
     diffusers: str | None = None,
+    base: str | None = None,
+    fps: int | None = None,
+    merge_lora: bool = False,
+    lora_only: bool = False,
+    lora_scale: float = 1.0,
 ) -> dict[str, Any]:
-    """Writes the bundle (and the diffusers folder); returns a summary dict."""
+    """Writes the pipeline folder (latent-space run) or the bundle (pixel-space run, and the
+    diffusers folder) — for a LoRA run with the adapters merged (``merge_lora``) — or, with
+    ``lora_only``, only the adapters as a diffusers LoRA file; returns a summary dict."""
+    if lora_only:
+        if merge_lora or diffusers or base:
+            raise ValueError("--lora-only writes the adapters alone (no --merge-lora/--base/...)")
+        return export_lora_only(workdir, out, step=step, weights=weights, bf16=bf16)
     config = read_workdir_config(workdir)
+    if is_latent_run(config["data"]):
+        if diffusers:
+            raise ValueError("--diffusers is for bundles; a pipeline folder holds transformer/")
+        return export_pipeline(
+            workdir, out, base=base, step=step, weights=weights, bf16=bf16, fps=fps,
+            config=config, merge_lora=merge_lora, lora_scale=lora_scale,
+        )  # fmt: skip
+    if base:
+        raise ValueError("--base is for latent-space runs; this run is pixel-space (a bundle)")
     step, state_path = find_checkpoint(workdir, step)
-    params = restore_weights(state_path, weights)
+    params = restore_run_weights(
+        state_path, config, weights, merge_lora=merge_lora, scale=lora_scale
+    )
     encoders, video = encoders_from_data(config["data"])
     diffusion = config.get("diffusion", {})
     schedule = {
@@ -153,11 +458,27 @@ def export(
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workdir", required=True, help="a launch.train workdir")
-    parser.add_argument("--out", required=True, help="bundle folder to write")
+    parser.add_argument("--out", required=True, help="pipeline folder / bundle to write")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (newest)")
     parser.add_argument("--weights", choices=("ema", "params"), default="ema")
     parser.add_argument("--bf16", action="store_true", help="store the weights in bfloat16")
-    parser.add_argument("--diffusers", default=None, help="also write a diffusers folder here")
+    parser.add_argument("--diffusers", default=None, help="bundles: also a diffusers folder")
+    parser.add_argument(
+        "--base", default=None, help="latent-space runs: the base CogVideoX pipeline folder"
+    )
+    parser.add_argument("--fps", type=int, default=None, help="pipeline folders (default 8)")
+    parser.add_argument(
+        "--merge-lora", action="store_true", help="LoRA runs: export base + merged adapters"
+    )
+    parser.add_argument(
+        "--scale", type=float, default=1.0, help="with --merge-lora: the adapters' scale"
+    )
+    parser.add_argument(
+        "--lora-only",
+        action="store_true",
+        help="LoRA runs: write only the adapters, a diffusers LoRA file (OUT = a .safetensors "
+        "path or a folder for pytorch_lora_weights.safetensors)",
+    )
     args = parser.parse_args(argv)
     try:
         summary = export(
@@ -167,9 +488,28 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             weights=args.weights,
             bf16=args.bf16,
             diffusers=args.diffusers,
+            base=args.base,
+            fps=args.fps,
+            merge_lora=args.merge_lora,
+            lora_only=args.lora_only,
+            lora_scale=args.scale,
         )
     except ValueError as err:
         parser.exit(2, f"launch.export: error: {err}\n")
+    if "lora" in summary:
+        print(
+            f"exported step {summary['step']} ({summary['weights']} adapters, "
+            f"{summary['num_params']:,} values, {summary['bytes'] / 1e6:.1f} MB) -> LoRA file "
+            f"{summary['lora']}"
+        )
+        return summary
+    if "pipeline" in summary:
+        print(
+            f"exported step {summary['step']} ({summary['weights']} weights, transformer "
+            f"{summary['bytes'] / 1e6:.1f} MB; {summary['linked_files']} base files linked, "
+            f"{summary['copied_files']} copied) -> pipeline folder {summary['pipeline']}"
+        )
+        return summary
     print(
         f"exported step {summary['step']} ({summary['weights']} weights, "
         f"{summary['num_params']:,} params, {summary['bytes'] / 1e6:.1f} MB) -> {summary['bundle']}"

@@ -7,7 +7,12 @@ all read positions from it.
 
 Mask 1 (attention):  allowed(q, k) = same_scene(q, k) OR (is_video(q) AND is_video(k)).
 Mask 2 (conditioning): a per-sample bool vector over scenes, True = generated (noisy),
-False = clean condition (t = 0). It acts on noise, timesteps and the loss, never on attention.
+False = clean condition (t = 0). In the method it acts on noise, timesteps and the loss, never
+on attention. Our extension ``mask_mode="causal_conditions"`` (with ``num_conditions=K``: the
+first K scenes are conditions) also restricts attention: condition queries see only condition
+keys (mask 1 among the conditions), generated queries see everything mask 1 allows. Condition
+tokens then never depend on the generated scene, so their keys/values can be computed once per
+extension and cached across sampler steps (``m2dit_jax.diffusion.generation.extend``).
 """
 
 from __future__ import annotations
@@ -24,6 +29,10 @@ DENSE_MASK_LIMIT = 16_384
 # exist for the paper's ablation: "full" = no mask (every caption and scene sees everything),
 # "independent" = each scene sees only its own caption and its own video.
 MASK_MODES = ("mask2dit", "full", "independent")
+# Mask 1 plus causal conditions: needs ``num_conditions >= 1`` (the first scenes are the
+# clean conditions of mask 2). Chosen per call where mask 2 has conditions, never globally.
+CAUSAL_CONDITIONS = "causal_conditions"
+LAYOUT_MASK_MODES = MASK_MODES + (CAUSAL_CONDITIONS,)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +48,11 @@ class SceneLayout:
       text_pad_to: each caption block is padded up to a multiple of this (kernel block
         alignment). Padding tokens are never attended to; a padding query attends only to its
         own scene's real text so that no softmax row is empty.
-      mask_mode: "mask2dit" (mask 1, the default) or, for ablations, "full" / "independent".
+      mask_mode: "mask2dit" (mask 1, the default); for ablations "full" / "independent";
+        "causal_conditions": mask 1, except that the first ``num_conditions`` scenes (the
+        clean conditions of mask 2) attend only to condition tokens.
+      num_conditions: K, the leading condition scenes of "causal_conditions" (1 <= K < S);
+        must be 0 (the default) in every other mode, so existing layouts are unchanged.
     """
 
     num_scenes: int
@@ -49,11 +62,12 @@ class SceneLayout:
     grid_w: int
     text_pad_to: int = 1
     mask_mode: str = "mask2dit"
+    num_conditions: int = 0
 
     def __post_init__(self):
-        if self.mask_mode not in MASK_MODES:
+        if self.mask_mode not in LAYOUT_MASK_MODES:
             raise ValueError(
-                f"SceneLayout.mask_mode must be one of {MASK_MODES}, got {self.mask_mode!r}"
+                f"SceneLayout.mask_mode must be one of {LAYOUT_MASK_MODES}, got {self.mask_mode!r}"
             )
         for name in ("num_scenes", "text_len", "frames", "grid_h", "grid_w", "text_pad_to"):
             value = getattr(self, name)
@@ -61,6 +75,20 @@ class SceneLayout:
                 raise ValueError(f"SceneLayout.{name} must be an int, got {value!r}")
             if value <= 0:
                 raise ValueError(f"SceneLayout.{name} must be positive, got {value}")
+        k = self.num_conditions
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+            raise ValueError(f"SceneLayout.num_conditions must be an int, got {k!r}")
+        if self.mask_mode == CAUSAL_CONDITIONS:
+            if not 1 <= k < self.num_scenes:
+                raise ValueError(
+                    f"mask_mode='causal_conditions' needs 1 <= num_conditions < num_scenes="
+                    f"{self.num_scenes} (the leading condition scenes), got {k}"
+                )
+        elif k != 0:
+            raise ValueError(
+                f"num_conditions={k} is only meaningful with mask_mode='causal_conditions' "
+                f"(got mask_mode={self.mask_mode!r}); mask 2 alone does not change attention"
+            )
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -158,7 +186,8 @@ class SceneLayout:
     def allowed(self, q_idx: Any, k_idx: Any) -> Any:
         """Mask 1 evaluated on (broadcastable) query/key token indices; True = may attend.
 
-        Follows ``mask_mode`` ("full" / "independent" only for ablations).
+        Follows ``mask_mode`` ("full" / "independent" only for ablations; "causal_conditions":
+        condition queries additionally need a condition key).
         """
         q_video = self.token_is_video(q_idx)
         k_video = self.token_is_video(k_idx)
@@ -171,6 +200,11 @@ class SceneLayout:
             rule = same_scene
         else:
             rule = same_scene | (q_video & k_video)
+            if self.mask_mode == CAUSAL_CONDITIONS:
+                k_cond = self.num_conditions
+                rule = rule & (
+                    (self.token_scene(q_idx) >= k_cond) | (self.token_scene(k_idx) < k_cond)
+                )
         return rule & ~k_pad & ~(q_pad & k_video)
 
     def dense_mask(self) -> np.ndarray:
@@ -211,6 +245,7 @@ class SceneLayout:
         patch_t: int = 1,
         text_pad_to: int = 1,
         mask_mode: str = "mask2dit",
+        num_conditions: int = 0,
     ) -> SceneLayout:
         """Layout for per-scene latents of shape (latent_frames, latent_h, latent_w, C)."""
         for name, size, p in (
@@ -228,6 +263,7 @@ class SceneLayout:
             latent_w // patch_size,
             text_pad_to,
             mask_mode,
+            num_conditions,
         )
 
 

@@ -33,6 +33,7 @@ STREAM_NAMES = (
     "extension",  # extension k of a chain folds in k
     "condition_posterior",  # release-style extension: the VAE posterior sample of conditions
     "condition_noise",  # release-style extension: add_noise at t = 0 on the conditions
+    "lora",  # LoRA adapter initialisation (target j folds in j)
 )
 
 

@@ -6,7 +6,10 @@ Mesh axes (every mesh has all four, size 1 where unused):
   context — sequence (context) parallelism,
   tensor  — heads / MLP (Megatron-style) parallelism.
 Modules annotate parameters and activations with *logical* names only; ``LOGICAL_RULES``
-maps them onto mesh axes. ``axis_rules(overrides)`` replaces entries of that table inside a
+maps them onto mesh axes: parameters' ``embed`` axis over fsdp x context (so the train state
+takes 1 / (fsdp x context) of a device; ``RULE_PRESETS["zero3"]`` adds data), activations'
+token axis ``seq`` over context everywhere outside attention (which re-shards by heads).
+``axis_rules(overrides)`` replaces entries of that table inside a
 ``with`` block (a context variable: threads and nested blocks see their own table), e.g. the
 config's ``mesh.logical_rules = "embed=fsdp+tensor, mlp="``.
 
@@ -36,7 +39,9 @@ Rules = tuple[tuple[str, Any], ...]
 LOGICAL_RULES: Rules = (
     ("batch", ("data", "fsdp")),
     ("seq", "context"),  # activations' token axis
-    ("embed", "fsdp"),  # params' model-width axis (FSDP shards it)
+    # params' model-width axis: sharded over every non-tensor axis that is not pure data
+    # parallelism, so params, gradients, moments and EMA take 1 / (fsdp x context) per device
+    ("embed", ("fsdp", "context")),
     ("act_embed", None),  # activations' width axis stays whole
     ("heads", "tensor"),
     ("kv_heads", "tensor"),
@@ -47,6 +52,15 @@ LOGICAL_RULES: Rules = (
     ("patch", None),
     ("layers", None),  # scanned layer axis
 )
+
+# Named rule sets, usable wherever rule overrides are (``mesh.logical_rules="zero3"``, also
+# combined: "zero3, mlp="). Each is a set of overrides of LOGICAL_RULES.
+RULE_PRESETS: dict[str, str] = {
+    "fsdp_context": "embed=fsdp+context",  # = the default: state over fsdp x context
+    "fsdp": "embed=fsdp",  # the old default: state over fsdp only (replicated over context)
+    "zero3": "embed=data+fsdp+context",  # ZeRO-3: state over every non-tensor axis
+    "replicated": "embed=",  # params replicated apart from tensor parallelism
+}
 
 _ACTIVE_RULES: contextvars.ContextVar[Rules] = contextvars.ContextVar(
     "m2dit_logical_rules", default=LOGICAL_RULES
@@ -84,8 +98,10 @@ def parse_logical_rules(overrides: Any) -> Rules:
     commas or semicolons (``name=`` or ``name=none`` replicates that logical axis), e.g.
     ``"embed=fsdp+tensor, seq=context, mlp="``; a sequence of such strings or of
     ``(name, target)`` pairs; or a mapping ``name -> target`` (target: an axis name, a tuple
-    of them, or None). Names must be logical names of ``LOGICAL_RULES`` and axes must be mesh
-    axes (``MESH_AXES``); anything else raises ValueError naming the entry.
+    of them, or None). A bare entry that names a preset of ``RULE_PRESETS`` ("zero3", "fsdp",
+    ...) stands for its entries; an explicit entry for the same name may follow it. Names must
+    be logical names of ``LOGICAL_RULES`` and axes must be mesh axes (``MESH_AXES``); anything
+    else raises ValueError naming the entry.
     """
     if overrides is None:
         return ()
@@ -97,12 +113,18 @@ def parse_logical_rules(overrides: Any) -> Rules:
         entries = list(overrides)
     known = {name for name, _ in LOGICAL_RULES}
     out: dict[str, Any] = {}
+    from_preset: set[str] = set()
     for entry in entries:
+        if isinstance(entry, str) and "=" not in entry and entry.strip() in RULE_PRESETS:
+            for name, target in parse_logical_rules(RULE_PRESETS[entry.strip()]):
+                out[name] = target
+                from_preset.add(name)
+            continue
         if isinstance(entry, str):
             if "=" not in entry:
                 raise ValueError(
                     f"logical rule {entry.strip()!r} must look like name=axis1+axis2 "
-                    "(or name= to replicate)"
+                    f"(or name= to replicate), or be a preset: {', '.join(RULE_PRESETS)}"
                 )
             name, target = (part.strip() for part in entry.split("=", 1))
         else:
@@ -111,8 +133,9 @@ def parse_logical_rules(overrides: Any) -> Rules:
             raise ValueError(
                 f"logical rule for unknown logical axis {name!r}; known: {sorted(known)}"
             )
-        if name in out:
+        if name in out and name not in from_preset:
             raise ValueError(f"logical axis {name!r} is given twice in the rule overrides")
+        from_preset.discard(name)
         out[name] = _normalise_target(name, target)
     return tuple(out.items())
 

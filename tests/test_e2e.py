@@ -111,9 +111,10 @@ def test_sample_and_extend_cli(bundle, tmp_path):
     original = media.read_video(out, size=(16, 16))
     # (two lossy H.264 encodes of 32x32 frames apart: a few levels, not the tens between scenes)
     assert np.abs(extended[:12].astype(int) - original).mean() < 10
-    assert np.abs(extended[:12].astype(int) - original).mean() < np.abs(
-        extended[:12].astype(int) - original[::-1]
-    ).mean()
+    assert (
+        np.abs(extended[:12].astype(int) - original).mean()
+        < np.abs(extended[:12].astype(int) - original[::-1]).mean()
+    )
     with open(sample_cli.sidecar_path(longer)) as f:
         assert len(json.load(f)["captions"]) == 5
 

@@ -123,3 +123,48 @@ def sharded_attention(
     return jax.shard_map(
         local, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec, check_vma=False
     )(q, k, v)
+
+
+def sharded_heads_call(fn: Callable[..., jax.Array], arrays, mesh) -> jax.Array:
+    """Runs ``fn(*arrays)`` per device for (B, L_i, H, Dh) arrays of different lengths L_i.
+
+    Same scheme as ``sharded_attention``: batch over (data, fsdp), heads over tensor, every
+    array's sequence axis (sharded over ``context`` like activations) gathered whole per head
+    group by an all-to-all; ``fn``'s output (shaped like ``arrays[0]``) goes back the same way.
+    Used for the new scene's attention against cached condition keys/values.
+    """
+    spec = _qkv_spec(mesh)
+    b_size, c_size, t_size = (_axes_size(mesh, spec[i]) for i in range(3))
+    for i, x in enumerate(arrays):
+        batch, seq, heads, _ = x.shape
+        if batch % b_size:
+            raise ValueError(
+                f"attention batch {batch} does not divide over the batch mesh axes {spec[0]} "
+                f"(size {b_size})"
+            )
+        if seq % c_size:
+            raise ValueError(
+                f"context parallelism: argument {i} has {seq} tokens, which do not divide over "
+                f"the '{CONTEXT_AXIS}' mesh axis of size {c_size} (the new scene's tokens and "
+                "the cached condition video must both divide; pad captions with text_pad_to)"
+            )
+        if heads % (t_size * c_size):
+            raise ValueError(
+                f"attention heads {heads} must divide over tensor x context = {t_size} x "
+                f"{c_size} = {t_size * c_size} devices (Ulysses context parallelism)"
+            )
+    context = spec[1]
+
+    def local(*xs):
+        if context is not None:
+            xs = [
+                jax.lax.all_to_all(x, context, split_axis=2, concat_axis=1, tiled=True) for x in xs
+            ]
+        out = fn(*xs)
+        if context is not None:
+            out = jax.lax.all_to_all(out, context, split_axis=1, concat_axis=2, tiled=True)
+        return out
+
+    return jax.shard_map(
+        local, mesh=mesh, in_specs=(spec,) * len(arrays), out_specs=spec, check_vma=False
+    )(*arrays)

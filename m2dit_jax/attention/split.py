@@ -17,6 +17,11 @@ is answered by unmasked attentions over those key groups, combined exactly. Two 
   forward and the backward (the release keeps S copies).
 
 Caption padding queries attend only to their own real caption (the layout's convention).
+
+``mask_mode="causal_conditions"`` (the first K scenes are conditions): caption queries are as
+in mask 1; video queries of a condition scene see the *condition* video (scenes < K) instead
+of all video, those of a generated scene see all video — still whole key groups, so the same
+unmasked parts answer it exactly.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from m2dit_jax.attention.online_softmax import (
     dense_attention_with_lse,
     merge_partials,
 )
-from m2dit_jax.layout import SceneLayout
+from m2dit_jax.layout import CAUSAL_CONDITIONS, SceneLayout
 
 SPLIT_IMPLS = ("auto", "chunked", "dense", "cudnn", "xla")
 _CUDNN_DTYPES = (jnp.bfloat16, jnp.float16)
@@ -75,7 +80,8 @@ def _unfold(x: jax.Array, b: int, s: int) -> jax.Array:
 
 
 # Which key groups each (non-padding) query group sees, per mask mode: (scope, group) with
-# scope "own" = same scene only, "all" = every scene.
+# scope "own" = same scene only, "all" = every scene, "causal" = condition scenes over the
+# condition scenes, generated scenes over every scene.
 _PARTS = {
     "mask2dit": {"text": (("own", "real_text"), ("own", "video")),
                  "video": (("all", "video"), ("own", "real_text"))},
@@ -83,6 +89,9 @@ _PARTS = {
                     "video": (("own", "video"), ("own", "real_text"))},
     "full": {"text": (("all", "real_text"), ("all", "video")),
              "video": (("all", "video"), ("all", "real_text"))},
+    # "causal": condition scenes' queries over the condition scenes' keys, the others over all.
+    CAUSAL_CONDITIONS: {"text": (("own", "real_text"), ("own", "video")),
+                        "video": (("causal", "video"), ("own", "real_text"))},
 }  # fmt: skip
 
 
@@ -95,6 +104,15 @@ def _lse_merge_attention(q, k, v, layout, *, scale, attend) -> jax.Array:
         if scope == "own":
             out, lse = attend(_fold(queries), _fold(keys), _fold(values))
             return _unfold(out, b, s), _unfold(lse, b, s)
+        if scope == "causal":
+            n = layout.num_conditions
+            cond_out, cond_lse = attend(
+                _flat(queries[:, :n]), _flat(keys[:, :n]), _flat(values[:, :n])
+            )
+            gen_out, gen_lse = attend(_flat(queries[:, n:]), _flat(keys), _flat(values))
+            out = jnp.concatenate([_unfold(cond_out, b, n), _unfold(gen_out, b, s - n)], axis=1)
+            lse = jnp.concatenate([_unfold(cond_lse, b, n), _unfold(gen_lse, b, s - n)], axis=1)
+            return out, lse
         out, lse = attend(_flat(queries), _flat(keys), _flat(values))
         return _unfold(out, b, s), _unfold(lse, b, s)
 
@@ -135,6 +153,11 @@ def _two_call_attention(q, k, v, layout, *, scale, implementation) -> jax.Array:
             video = own_scene(gq.video, "real_text", "video")
         else:
             all_k, all_v = _flat(gk.video), _flat(gv.video)
+            if mode == CAUSAL_CONDITIONS:  # condition scenes see the condition video only
+                n = layout.num_conditions
+                cond_k, cond_v = _flat(gk.video[:, :n]), _flat(gv.video[:, :n])
+            else:
+                n, cond_k, cond_v = 0, all_k, all_v
 
             @jax.checkpoint
             def scene_video(queries, text_k, text_v, all_k, all_v):
@@ -145,7 +168,11 @@ def _two_call_attention(q, k, v, layout, *, scale, implementation) -> jax.Array:
             video = jnp.stack(
                 [
                     scene_video(
-                        gq.video[:, i], gk.real_text[:, i], gv.real_text[:, i], all_k, all_v
+                        gq.video[:, i],
+                        gk.real_text[:, i],
+                        gv.real_text[:, i],
+                        cond_k if i < n else all_k,
+                        cond_v if i < n else all_v,
                     )
                     for i in range(s)
                 ],

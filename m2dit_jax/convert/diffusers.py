@@ -77,6 +77,7 @@ def load_diffusers_transformer(
     *,
     mesh: Mesh | None = None,
     model: Mask2DiT | None = None,
+    positions_convention: str | None = None,
     **config_overrides,
 ) -> Mask2DiT:
     """Builds (or fills) a Mask2DiT from a diffusers transformer folder (or pipeline root).
@@ -87,6 +88,11 @@ def load_diffusers_transformer(
       model: an existing Mask2DiT (e.g. from ``create_model(..., mesh=...)``) to load into,
         in place, keeping each parameter's current sharding; its config must describe the same
         architecture. Returned as well.
+      positions_convention: "diffusers" (default: today's diffusers tables) or "release"
+        (the Mask²DiT release's position tables off the sample grid, see
+        ``m2dit_jax.model.positions``); stored in the model config. For a sin-cos (2B)
+        checkpoint "release" also selects ``sincos_temporal="stretch"`` unless that is given.
+        With ``model=`` it must equal the model's own convention (or be None).
       config_overrides: runtime fields of our config (dtype, remat, scan_layers,
         attention_backend, text_pad_to, ...) when building a new model.
     Raises:
@@ -100,6 +106,12 @@ def load_diffusers_transformer(
         if config_overrides or mesh is not None:
             raise ValueError("load_diffusers_transformer: pass either model= or mesh/overrides")
         config = model.config
+        own = config.get("positions_convention", "diffusers")
+        if positions_convention is not None and positions_convention != own:
+            raise ValueError(
+                f"load_diffusers_transformer: positions_convention={positions_convention!r} "
+                f"differs from the model's {own!r} (set it in the model config instead)"
+            )
         theirs = config_from_diffusers(diffusers_config)
         differ = [
             f"{k}: checkpoint {theirs[k]!r} vs model {config[k]!r}"
@@ -109,6 +121,11 @@ def load_diffusers_transformer(
         if differ:
             raise ValueError(f"checkpoint {folder} does not fit the model: {'; '.join(differ)}")
     else:
+        if positions_convention is not None:
+            config_overrides["positions_convention"] = positions_convention
+            sincos = not diffusers_config.get("use_rotary_positional_embeddings", False)
+            if positions_convention == "release" and sincos:
+                config_overrides.setdefault("sincos_temporal", "stretch")
         config = config_from_diffusers(diffusers_config, **config_overrides)
     reader = SafetensorsFolder(folder)
     table = rules(config)

@@ -23,10 +23,11 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from m2dit_jax.diffusion.samplers import SAMPLERS, ddim_sample, dpm_sample
 from m2dit_jax.diffusion.schedule import CogVideoXSchedule
-from m2dit_jax.layout import extension_mask
+from m2dit_jax.layout import CAUSAL_CONDITIONS, extension_mask
 from m2dit_jax.rng import as_key, stream
 from m2dit_jax.sharding import constrain, named_sharding
 
+EXTEND_MASK_MODES = ("mask2dit", CAUSAL_CONDITIONS)
 _BATCH5 = ("batch", None, None, None, None)
 _BATCH3 = ("batch", None, None)
 
@@ -48,30 +49,85 @@ def _apply_and_state(model: Any) -> tuple[Callable[..., jax.Array], Any]:
     return (lambda _st, *args, **kwargs: model(*args, **kwargs)), None
 
 
+def _method(model: Any) -> Callable[..., Any]:
+    """call(state, name, *args, **kwargs): a method of the NNX model on a state."""
+    graphdef, _ = nnx.split(model)
+
+    def call(st, name, *args, **kwargs):
+        return getattr(nnx.merge(graphdef, st), name)(*args, **kwargs)
+
+    return call
+
+
 def _sampling_fn(model: Any, apply: Callable, static: tuple) -> Callable:
     per_model = _JIT_CACHE.setdefault(model, {})
     if static not in per_model:
-        sampler, num_steps, num_scenes, scene_shape, use_cfg, generate_mask = static
+        (
+            sampler,
+            num_steps,
+            num_scenes,
+            scene_shape,
+            use_cfg,
+            generate_mask,
+            causal_conditions,
+            cache_conditions,
+        ) = static
+        method = _method(model) if cache_conditions else None
+        # mask 1 (release) or the causal-condition mask; conditions lead the window
+        model_kwargs = dict(num_scenes=num_scenes)
+        if causal_conditions:
+            model_kwargs["causal_conditions"] = causal_conditions
 
         def run(state, schedule, text, negative, guidance, rng, condition_latents):
+            def guided(v):  # [negative; positive] batch -> the CFG-combined v (f32)
+                v_uncond, v_text = jnp.split(v.astype(jnp.float32), 2)
+                return v_uncond + guidance * (v_text - v_uncond)
+
             batch = text.shape[0]
             k_noise, k_sampler = stream(rng, "sample_noise"), stream(rng, "sampler")
             f, h, w, c = scene_shape
             noise = jax.random.normal(k_noise, (batch, num_scenes * f, h, w, c), jnp.float32)
             noise = constrain(noise, _BATCH5)
 
-            def denoise(x, timesteps):
+            def denoise_full(x, timesteps):
                 if not use_cfg:
-                    return apply(state, x, text, timesteps, num_scenes=num_scenes)
+                    return apply(state, x, text, timesteps, **model_kwargs)
                 v = apply(
                     state,
                     jnp.concatenate([x, x]),
                     jnp.concatenate([negative, text]),
                     jnp.concatenate([timesteps, timesteps]),
-                    num_scenes=num_scenes,
-                ).astype(jnp.float32)
-                v_uncond, v_text = jnp.split(v, 2)
-                return v_uncond + guidance * (v_text - v_uncond)
+                    **model_kwargs,
+                )
+                return guided(v)
+
+            denoise = denoise_full
+            if cache_conditions:
+                # One forward over the clean conditions (t = 0) fills every layer's K/V, per CFG
+                # branch; each step then runs the new scene's tokens only.
+                k = num_scenes - 1
+                t_len = text.shape[1] // num_scenes
+                cond_lat = condition_latents[:, : k * f]
+                cond_text, new_text = text[:, : k * t_len], text[:, k * t_len :]
+                if use_cfg:
+                    cond_lat = jnp.concatenate([cond_lat, cond_lat])
+                    cond_text = jnp.concatenate([negative[:, : k * t_len], cond_text])
+                    new_text = jnp.concatenate([negative[:, k * t_len :], new_text])
+                cache = method(state, "condition_cache", cond_lat, cond_text, num_scenes=num_scenes)
+
+                def denoise_cached(x, timesteps):
+                    x_new, t_new = x[:, k * f :], timesteps[:, k:]
+                    if use_cfg:
+                        x_new = jnp.concatenate([x_new, x_new])
+                        t_new = jnp.concatenate([t_new, t_new])
+                    v = method(
+                        state, "cached_call", x_new, new_text, t_new, cache, num_scenes=num_scenes
+                    )
+                    v = guided(v) if use_cfg else v.astype(jnp.float32)
+                    # the conditions' prediction is never used: they are reset after each step
+                    return jnp.concatenate([jnp.zeros_like(x[:, : k * f], jnp.float32), v], axis=1)
+
+                denoise = denoise_cached
 
             kwargs = dict(schedule=schedule, num_steps=num_steps, num_scenes=num_scenes)
             if generate_mask is not None:
@@ -140,12 +196,23 @@ def _run(
     sampler: str,
     mesh: Mesh | None,
     schedule: CogVideoXSchedule | None,
+    causal_conditions: int = 0,
+    cache_conditions: bool = False,
 ) -> jax.Array:
     schedule = schedule if schedule is not None else CogVideoXSchedule.create()
     schedule.timesteps(num_steps)  # validates num_steps
     use_cfg = float(guidance_scale) > 1.0
     apply, state = _apply_and_state(model)
-    static = (sampler, int(num_steps), num_scenes, scene_shape, use_cfg, generate_mask)
+    static = (
+        sampler,
+        int(num_steps),
+        num_scenes,
+        scene_shape,
+        use_cfg,
+        generate_mask,
+        int(causal_conditions),
+        bool(cache_conditions),
+    )
     fn = _sampling_fn(model, apply, static)
     if condition_latents is None:
         condition_latents = jnp.zeros(
@@ -262,6 +329,8 @@ def extend(
     sampler: str = "ddim",
     mesh: Mesh | None = None,
     schedule: CogVideoXSchedule | None = None,
+    mask_mode: str = "mask2dit",
+    cache_conditions: bool = False,
 ) -> jax.Array:
     """Appends one scene, conditioned on the last ``window - 1`` scenes (mask 2).
 
@@ -270,18 +339,42 @@ def extend(
     sample however long the video is; call repeatedly (or use ``extend_chain``) for videos
     of any length.
 
+    ``mask_mode="causal_conditions"`` runs the model with the causal-condition attention mask
+    (the conditions attend only among themselves; train with
+    ``diffusion.cond_mask_mode="causal_conditions"``). Then ``cache_conditions=True`` computes
+    the conditions' per-layer video keys/values **once** (one forward at t = 0, per CFG
+    branch) and every sampler step runs only the new scene's tokens against that cache — the
+    same result as ``cache_conditions=False`` in that mask mode, to float round-off.
+
     Args:
       scene_latents: (B, S0*F, H, W, C) the existing scenes.
       new_scene_text: (B, T, D) or (T, D) the new scene's caption embeddings.
       scene_text: (B, S0*T, D) the existing scenes' captions, in scene order.
       window: scenes per model call (release: 3 = two conditions + the new scene).
       negative_text_embeds: None, or one caption (T, D) / (B, T, D) used in every slot.
+      mask_mode: "mask2dit" (release: attention unchanged by mask 2) or "causal_conditions".
+      cache_conditions: cache the conditions' keys/values across steps (needs
+        ``mask_mode="causal_conditions"`` and a ``Mask2DiT`` model; a ``ValueError`` otherwise).
       Other arguments as in ``generate``.
 
     Returns:
       (B, (S0+1)*F, H, W, C): the input scenes unchanged, then the new scene.
     """
     _check_common(num_steps, sampler, guidance_scale)
+    if mask_mode not in EXTEND_MASK_MODES:
+        raise ValueError(f"extend mask_mode must be one of {EXTEND_MASK_MODES}, got {mask_mode!r}")
+    if cache_conditions and mask_mode != CAUSAL_CONDITIONS:
+        raise ValueError(
+            "cache_conditions=True needs mask_mode='causal_conditions': under mask 1 the "
+            "conditions attend to the noisy new scene, so their keys/values change every step"
+        )
+    if cache_conditions and not (
+        isinstance(model, nnx.Module) and hasattr(model, "condition_cache")
+    ):
+        raise ValueError(
+            f"cache_conditions=True needs a Mask2DiT model (condition_cache / cached_call), "
+            f"got {type(model).__name__}"
+        )
     if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 2:
         raise ValueError(f"window must be an int >= 2 (conditions + new scene), got {window!r}")
     latents = jnp.asarray(scene_latents)
@@ -336,6 +429,8 @@ def extend(
         sampler=sampler,
         mesh=mesh,
         schedule=schedule,
+        causal_conditions=num_cond if mask_mode == CAUSAL_CONDITIONS else 0,
+        cache_conditions=bool(cache_conditions),
     )
     new_scene = out[:, num_cond * frames :]
     return jnp.concatenate([latents, new_scene.astype(latents.dtype)], axis=1)
@@ -354,7 +449,12 @@ def extend_chain(
 
     Step k uses the PRNG key ``fold_in(stream(seed, "extension"), k)`` (never the key a
     joint ``generate`` with the same seed draws its noise from); other keyword arguments go to
-    ``extend`` (window, num_steps, guidance_scale, ...).
+    ``extend`` (window, num_steps, guidance_scale, mask_mode, cache_conditions, ...).
+
+    With ``cache_conditions=True`` each extension builds its own cache: when the window slides,
+    the oldest scene's keys/values are dropped and the new condition set is computed once
+    (positions shift and the conditions attend to each other, so a scene's keys/values are not
+    reusable across windows).
     """
     key = stream(seed, "extension")
     latents, text = jnp.asarray(scene_latents), jnp.asarray(scene_text)

@@ -4,6 +4,15 @@ A batch holds S-scene samples, latents (B, S*F, H, W, C) with scenes concatenate
 frame axis and captions (B, S*T, D) concatenated in the same scene order. One timestep t is
 shared by all scenes of a sample. A *conditional* sample (mask 2) keeps its condition scenes
 exactly clean and feeds them t = 0; only its target scene is noised and scored.
+
+``cond_mask_mode="causal_conditions"`` (our extension, for the cached scene extension of
+``generation.extend``): conditional samples run the model with the causal-condition attention
+mask (conditions attend only among themselves). The mask is part of the static layout while
+mask 2 is drawn at random, so in this mode mask 2 is drawn **per batch**: with probability
+``p_cond`` the whole batch is conditional (target = the last scene), otherwise the whole batch
+is joint. The two model calls (causal layout / mask 1) are the two branches of one
+``lax.cond``, so a step costs one forward + backward either way, and every sample is still
+conditional with probability ``p_cond`` (samples of one batch share the draw).
 """
 
 from __future__ import annotations
@@ -19,6 +28,7 @@ from m2dit_jax.layout import check_generate_mask
 from m2dit_jax.rng import stream
 
 TARGET_SCENES = ("last", "random")
+COND_MASK_MODES = ("mask2dit", "causal_conditions")
 
 Denoiser = Callable[..., jax.Array]
 
@@ -72,6 +82,31 @@ def sample_generate_mask(
     return jnp.where(is_cond[:, None], only_target, True)
 
 
+def check_cond_mask_mode(cond_mask_mode: str, target_scene: str = "last") -> None:
+    if cond_mask_mode not in COND_MASK_MODES:
+        raise ValueError(f"cond_mask_mode must be one of {COND_MASK_MODES}, got {cond_mask_mode!r}")
+    if cond_mask_mode == "causal_conditions" and target_scene != "last":
+        raise ValueError(
+            "cond_mask_mode='causal_conditions' needs target_scene='last' (the conditions "
+            f"must be the leading scenes), got target_scene={target_scene!r}"
+        )
+
+
+def _check_causal_mask(gen, num_scenes: int) -> None:
+    """Concrete masks only: every row all-generated or the extension mask, rows agreeing."""
+    import numpy as np
+
+    rows = np.asarray(gen, bool)
+    ext = np.arange(num_scenes) == num_scenes - 1
+    joint = rows.all(axis=1)
+    cond = (rows == ext).all(axis=1)
+    if not (joint | cond).all() or (joint.any() and cond.any()):
+        raise ValueError(
+            "cond_mask_mode='causal_conditions' needs a batch-uniform mask 2: every row all "
+            f"True (joint) or every row {ext.tolist()} (the last scene generated); got {rows}"
+        )
+
+
 def diffusion_loss(
     model: Denoiser,
     latents: jax.Array,
@@ -82,6 +117,7 @@ def diffusion_loss(
     *,
     schedule: CogVideoXSchedule,
     num_scenes: int,
+    cond_mask_mode: str = "mask2dit",
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Deterministic core of ``loss_fn`` (all randomness passed in).
 
@@ -92,6 +128,10 @@ def diffusion_loss(
       noise: same shape as ``latents``.
       timesteps: (B,) int, the sample's t (shared by its generated scenes).
       generate_mask: (B, S) bool mask 2; False scenes stay clean and get t = 0.
+      cond_mask_mode: "mask2dit" (the method: attention unchanged by mask 2) or
+        "causal_conditions": a conditional batch runs the model with
+        ``causal_conditions=S-1``; ``generate_mask`` must then be batch-uniform (all rows
+        joint or all rows the last-scene extension mask; checked when concrete).
 
     Returns:
       (loss, metrics): loss is the batch mean of each sample's MSE over its generated scenes;
@@ -116,7 +156,21 @@ def diffusion_loss(
     target = schedule.velocity(x0, eps, t)
     scene_t = t[:, None] * gen.astype(jnp.int32)
 
-    pred = model(merge_scenes(model_in), text_embeds, scene_t, num_scenes=num_scenes)
+    check_cond_mask_mode(cond_mask_mode)
+    x_in = merge_scenes(model_in)
+    if cond_mask_mode == "causal_conditions" and num_scenes > 1:
+        if not isinstance(gen, jax.core.Tracer):
+            _check_causal_mask(gen, num_scenes)
+
+        def causal(x, text, st):
+            return model(x, text, st, num_scenes=num_scenes, causal_conditions=num_scenes - 1)
+
+        def joint(x, text, st):
+            return model(x, text, st, num_scenes=num_scenes)
+
+        pred = jax.lax.cond(~jnp.all(gen), causal, joint, x_in, text_embeds, scene_t)
+    else:
+        pred = model(x_in, text_embeds, scene_t, num_scenes=num_scenes)
     if pred.shape != latents.shape:
         raise ValueError(
             f"model output shape {pred.shape} != latents shape {latents.shape}: "
@@ -138,14 +192,19 @@ def diffusion_loss(
     return loss, metrics
 
 
-def _generate_mask(batch, key, b, num_scenes, p_cond, target_scene) -> jax.Array:
+def _generate_mask(
+    batch, key, b, num_scenes, p_cond, target_scene, cond_mask_mode="mask2dit"
+) -> jax.Array:
     """The batch's own ``cond`` (B, S) when it carries one, else sampled here (the one place
-    mask 2 is sampled)."""
+    mask 2 is sampled): per sample, or per batch for ``cond_mask_mode="causal_conditions"``."""
     if batch.get("cond") is not None:
         gen = batch["cond"]
         if not isinstance(gen, jax.core.Tracer):
             check_generate_mask(gen, num_scenes)  # clear errors when the mask is concrete
         return jnp.asarray(gen).astype(bool)
+    if cond_mask_mode == "causal_conditions":
+        one = sample_generate_mask(key, 1, num_scenes, p_cond=p_cond, target_scene=target_scene)
+        return jnp.broadcast_to(one, (b, num_scenes))
     return sample_generate_mask(key, b, num_scenes, p_cond=p_cond, target_scene=target_scene)
 
 
@@ -169,6 +228,7 @@ def eval_loss_fn(
     num_scenes: int,
     p_cond: float = 0.0,
     target_scene: str = "last",
+    cond_mask_mode: str = "mask2dit",
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Deterministic held-out loss: fixed, evenly spaced timesteps and noise from ``key``.
 
@@ -181,7 +241,10 @@ def eval_loss_fn(
     n_t = schedule.num_train_timesteps
     t = jnp.floor((jnp.arange(b) + 0.5) * n_t / b).astype(jnp.int32)
     noise = jax.random.normal(stream(key, "noise"), latents.shape, jnp.float32)
-    gen = _generate_mask(batch, stream(key, "mask2"), b, num_scenes, p_cond, target_scene)
+    check_cond_mask_mode(cond_mask_mode, target_scene)
+    gen = _generate_mask(
+        batch, stream(key, "mask2"), b, num_scenes, p_cond, target_scene, cond_mask_mode
+    )
     return diffusion_loss(
         model,
         latents,
@@ -191,6 +254,7 @@ def eval_loss_fn(
         gen,
         schedule=schedule,
         num_scenes=num_scenes,
+        cond_mask_mode=cond_mask_mode,
     )
 
 
@@ -204,6 +268,7 @@ def loss_fn(
     p_cond: float = 0.0,
     target_scene: str = "last",
     caption_dropout: float = 0.0,
+    cond_mask_mode: str = "mask2dit",
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Mask²DiT v-prediction loss of one batch; jit- and ``nnx.value_and_grad``-friendly.
 
@@ -220,6 +285,9 @@ def loss_fn(
       caption_dropout: probability that a scene's caption is replaced by zero embeddings
         (each scene on its own), which trains the unconditional branch that classifier-free
         guidance needs; zeros are ``generate``'s default negative. The release uses 0.
+      cond_mask_mode: "mask2dit" (release) or "causal_conditions" (conditional samples use
+        the causal-condition attention mask; mask 2 drawn per batch, see the module doc;
+        needs ``target_scene="last"``).
 
     Returns:
       (loss scalar, metrics) — see ``diffusion_loss``.
@@ -236,7 +304,10 @@ def loss_fn(
         stream(rng, "timesteps"), (b,), 0, schedule.num_train_timesteps, dtype=jnp.int32
     )
     noise = jax.random.normal(stream(rng, "noise"), latents.shape, jnp.float32)
-    gen = _generate_mask(batch, stream(rng, "mask2"), b, num_scenes, p_cond, target_scene)
+    check_cond_mask_mode(cond_mask_mode, target_scene)
+    gen = _generate_mask(
+        batch, stream(rng, "mask2"), b, num_scenes, p_cond, target_scene, cond_mask_mode
+    )
     text = jnp.asarray(batch["text_embeds"]).astype(jnp.float32)
     text = _drop_captions(text, stream(rng, "caption_dropout"), num_scenes, caption_dropout)
     return diffusion_loss(
@@ -248,4 +319,5 @@ def loss_fn(
         gen,
         schedule=schedule,
         num_scenes=num_scenes,
+        cond_mask_mode=cond_mask_mode,
     )

@@ -1,22 +1,36 @@
-"""Captions in, video frames out: the sampling pipeline behind ``launch.sample`` and the demo.
+"""Captions in, video frames out: the one sampling pipeline behind ``launch.sample``, the demo
+and the Python API, for every model format.
 
-``SamplingPipeline`` wraps a model with its text encoder and pixel autoencoder:
+``SamplingPipeline`` = a transformer + a text side + a video side (``m2dit_jax.inference.codecs``):
 
-- ``generate(script)``: the first ``num_scenes`` scenes are sampled jointly (mask 1); scripts
-  with more scenes continue with ``extend`` one scene at a time (mask 2, a sliding window of
-  ``window - 1`` condition scenes), so any number of scenes works;
+- ``SamplingPipeline.from_pretrained(path, dtype=..., mesh=...)`` loads a diffusers CogVideoX
+  pipeline folder (T5 + tokenizer, VAE, transformer, scheduler; optional ``m2dit.json``) with
+  our Flax ports, or an inference bundle (``launch.export`` of a pixel-space run: hashed text
+  encoder + space-to-depth). The transformer is streamed onto the mesh; T5 is loaded on
+  first use and can be released after the captions are encoded (``release_text_encoder``).
+- ``generate(script, noise=None)``: the first ``num_scenes`` scenes are sampled jointly
+  (mask 1) from ``noise`` (explicit initial latents, or drawn from the script's seed); scripts
+  with more scenes continue with scene extension one scene at a time (mask 2, a sliding
+  window of ``window - 1`` condition scenes), so any number of scenes works;
 - ``extend(video, captions_so_far, script)``: encodes an existing video scene by scene and
   appends the script's scenes.
 
-Videos are (S*F, H, W, 3) uint8 at the model's pixel size; scene i is frames [i*F, (i+1)*F).
-Negative captions: a scene without one uses all-zero text embeddings (the encoder's "empty
-caption"); guidance_scale <= 1 disables classifier-free guidance.
+Each scene's caption is encoded on its own; a scene without a negative caption gets the text
+side's empty embedding (T5: the encoding of ``""``, as diffusers and the release; hashed: all
+zeros). CFG is batched ([negative; positive]); ``dynamic_cfg`` is CogVideoX's
+``use_dynamic_cfg``. Conditions of an extension enter exactly clean (``condition_mode=
+"clean"``, what training does) or, following the release (``"release"``, MASK2DIT.md §8), as
+a posterior sample of the VAE plus ``add_noise`` at t = 0. Videos are (S*F, H, W, 3) uint8
+(``output="float"``: float32 in [0, 1], what diffusers' ``output_type="np"`` returns); scene
+i is frames [i*F, (i+1)*F); each scene is VAE-decoded on its own.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import inspect
+import os
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -24,9 +38,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from m2dit_jax.diffusion import CogVideoXSchedule
-from m2dit_jax.diffusion.generation import extend, generate
+from m2dit_jax.inference import codecs
+from m2dit_jax.inference.sampling import denoise_loop, initial_noise
 from m2dit_jax.inference.script import SamplerOptions, SampleScript
+from m2dit_jax.layout import extension_mask
 from m2dit_jax.rng import stream
+
+CONDITION_MODES = ("clean", "release")
+OUTPUTS = ("uint8", "float")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +60,13 @@ class VideoSpec:
 
 
 class SamplingPipeline:
-    """Model + text encoder + pixel autoencoder -> multi-scene videos."""
+    """Transformer + text side + video side -> multi-scene videos.
+
+    ``model`` may be None with ``model_loader`` (a zero-argument callable) to load the
+    transformer on first use. ``text_encoder`` / ``autoencoder`` are any encoder of
+    ``m2dit_jax.inference.codecs`` (or the raw ``HashedWordEncoder`` /
+    ``SpaceToDepthAutoencoder`` / ``T5TextEncoder`` / ``CogVideoXVAE``, wrapped here).
+    """
 
     def __init__(
         self,
@@ -51,12 +76,37 @@ class SamplingPipeline:
         video: VideoSpec,
         *,
         schedule: CogVideoXSchedule | None = None,
+        mesh: jax.sharding.Mesh | None = None,
+        condition_mode: str = "clean",
+        default_sampler: str = "ddim",
+        progress: bool = False,
+        model_loader: Callable[[], Any] | None = None,
+        meta: dict | None = None,
     ):
-        self.model, self.text_encoder, self.autoencoder = model, text_encoder, autoencoder
-        self.video = video
+        if model is None and model_loader is None:
+            raise ValueError("give a model or a model_loader")
+        if condition_mode not in CONDITION_MODES:
+            raise ValueError(
+                f"condition_mode must be one of {CONDITION_MODES}, got {condition_mode!r}"
+            )
+        self._model, self._model_loader = model, model_loader
+        self.text_encoder = codecs.as_text_side(text_encoder)
+        self.autoencoder = codecs.as_video_side(autoencoder)
         self.schedule = schedule if schedule is not None else CogVideoXSchedule.create()
-        self.latent_shape = autoencoder.latent_shape(video.frames, video.height, video.width)
+        self.mesh = mesh
+        self.condition_mode = condition_mode
+        self.default_sampler = default_sampler
+        self.progress = progress
+        self.meta = dict(meta or {})
+        # Extension attention of models trained with cond_mask_mode="causal_conditions"
+        # (recorded in m2dit.json's source by launch.export); mask 1 otherwise.
+        source = (self.meta.get("m2dit") or {}).get("source") or {}
+        self.causal_conditions = source.get("cond_mask_mode") == "causal_conditions"
+        self._captions: dict[str, np.ndarray] = {}
+        self._empty: np.ndarray | None = None
+        self.set_video(**dataclasses.asdict(video))
 
+    # ------------------------------------------------------------------ construction
     @classmethod
     def from_bundle(cls, bundle: Any, **kwargs: Any) -> SamplingPipeline:
         v = bundle.video
@@ -64,43 +114,228 @@ class SamplingPipeline:
         schedule = kwargs.pop("schedule", None)
         if schedule is None and bundle.meta.get("schedule"):
             schedule = CogVideoXSchedule.create(**bundle.meta["schedule"])
-        return cls(bundle.model, bundle.text_encoder, bundle.autoencoder, spec, schedule=schedule)
+        kwargs.pop("tiling", None)  # pixel bundles have no VAE
+        return cls(
+            bundle.model,
+            bundle.text_encoder,
+            bundle.autoencoder,
+            spec,
+            schedule=schedule,
+            meta={"format": "m2dit_bundle", "path": bundle.path},
+            **kwargs,
+        )
 
-    # ------------------------------------------------------------------ encoding
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str,
+        *,
+        dtype: str = "bfloat16",
+        mesh: jax.sharding.Mesh | None = None,
+        tiling: Any = None,
+        attention_backend: str = "auto",
+        scan_layers: bool | None = None,
+        lazy: bool = True,
+        lora: str | None = None,
+        lora_scale: float = 1.0,
+        **kwargs: Any,
+    ) -> SamplingPipeline:
+        """A diffusers CogVideoX pipeline folder (or an inference bundle) -> pipeline.
+
+        Args:
+          dtype: "bfloat16" (weights and compute; accelerators) or "float32" (parity, CPU).
+            Ignored for bundles (their config says).
+          mesh: transformer parameters are placed with their logical shardings as they are
+            read; the VAE and T5 weights are replicated on it.
+          tiling: a ``SpatialTiling`` for VAE encode/decode of large frames.
+          attention_backend, scan_layers: transformer runtime settings (scan: default on for
+            more than 4 layers, one compiled block).
+          lazy: load the transformer and T5 on first use (T5 first, then it can be released
+            before the transformer arrives); False loads everything now.
+          lora, lora_scale: a diffusers-layout CogVideoX LoRA file (ours from ``launch.export
+            --lora-only`` or a third party's; ``m2dit_jax.convert.lora``) merged into the
+            transformer's weights at ``lora_scale`` times the file's own scale when it loads.
+          kwargs: ``condition_mode``, ``progress`` (see the class).
+        """
+        from m2dit_jax.inference import pipeline_folder as pf
+
+        path = os.fspath(path)
+        if lora:
+            from m2dit_jax.convert.lora import merge_lora_into_model, read_lora_file
+
+            lora_file = read_lora_file(lora)  # a missing / unreadable file fails before loading
+        if not pf.is_pipeline_folder(path) and os.path.isfile(os.path.join(path, "config.json")):
+            from m2dit_jax.inference.bundle import load_bundle
+
+            bundle = load_bundle(path)
+            if lora:
+                merge_lora_into_model(bundle.model, lora_file, lora_scale)
+            return cls.from_bundle(bundle, mesh=mesh, **kwargs)
+        folder = pf.read_pipeline_folder(path)
+        if dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"dtype must be 'float32' or 'bfloat16', got {dtype!r}")
+        jdtype = jnp.bfloat16 if dtype == "bfloat16" else jnp.float32
+        schedule, default_sampler = pf.schedule_from_scheduler_config(
+            folder.scheduler_config, where=folder.part("scheduler")
+        )
+        meta = folder.m2dit or {}
+        positions = meta.get("positions", "diffusers")
+        tcfg = folder.transformer_config
+        num_layers = int(tcfg.get("num_layers", 30))
+        if scan_layers is None:
+            scan_layers = num_layers > 4
+        text_len = folder.text_len
+        if int(tcfg.get("max_text_seq_length", 226)) != text_len:
+            raise ValueError(
+                f"{folder.part('transformer')}/config.json: max_text_seq_length "
+                f"{tcfg.get('max_text_seq_length')} != text_len {text_len} of m2dit.json"
+            )
+
+        def load_transformer():
+            from m2dit_jax.convert import load_diffusers_transformer
+
+            overrides = dict(
+                dtype=dtype,
+                param_dtype=dtype,
+                scan_layers=scan_layers,
+                attention_backend=attention_backend,
+            )
+            params = inspect.signature(load_diffusers_transformer).parameters
+            if "positions_convention" in params:
+                overrides["positions_convention"] = positions
+            else:
+                overrides["sincos_temporal"] = "stretch" if positions == "release" else "continuous"
+            try:
+                model = load_diffusers_transformer(
+                    folder.part("transformer"), mesh=mesh, **overrides
+                )
+            except ValueError as err:
+                raise ValueError(f"{folder.part('transformer')}: {err}") from err
+            if lora:
+                merge_lora_into_model(model, lora_file, lora_scale)
+            return model
+
+        def load_text():
+            from m2dit_jax.encoders.t5 import T5TextEncoder
+
+            try:
+                return T5TextEncoder.from_pretrained(
+                    folder.path, text_len=text_len, dtype=jdtype, param_dtype=jdtype, mesh=mesh
+                )
+            except ValueError as err:
+                raise ValueError(f"{folder.part('text_encoder')} / tokenizer: {err}") from err
+
+        from m2dit_jax.encoders.vae import load_diffusers_vae
+
+        try:
+            vae = load_diffusers_vae(folder.part("vae"), dtype=jdtype, param_dtype=jdtype)
+        except ValueError as err:
+            raise ValueError(f"{folder.part('vae')}: {err}") from err
+        text = codecs.T5Text(
+            load_text, text_len=text_len, dim=int(folder.text_encoder_config.get("d_model", 4096))
+        )
+        if int(tcfg.get("text_embed_dim", 4096)) != text.dim:
+            raise ValueError(
+                f"{folder.part('text_encoder')}/config.json: d_model {text.dim} != the "
+                f"transformer's text_embed_dim {tcfg.get('text_embed_dim')}"
+            )
+        if int(tcfg.get("in_channels", 16)) != vae.config.latent_channels:
+            raise ValueError(
+                f"{folder.part('vae')}/config.json: latent_channels "
+                f"{vae.config.latent_channels} != the transformer's in_channels "
+                f"{tcfg.get('in_channels')}"
+            )
+        ratio = vae.config.spatial_ratio
+        spec = VideoSpec(
+            num_scenes=int(meta.get("num_scenes", 1)),
+            frames=int(meta.get("frames", tcfg.get("sample_frames", 49))),
+            height=int(meta.get("height", int(tcfg.get("sample_height", 60)) * ratio)),
+            width=int(meta.get("width", int(tcfg.get("sample_width", 90)) * ratio)),
+            fps=int(meta.get("fps", pf.DEFAULT_FPS)),
+        )
+        pipe = cls(
+            None,
+            text,
+            codecs.VAEVideo(vae, tiling=tiling, mesh=mesh),
+            spec,
+            schedule=schedule,
+            mesh=mesh,
+            default_sampler=default_sampler,
+            model_loader=load_transformer,
+            meta={
+                "format": "diffusers_pipeline",
+                "path": folder.path,
+                "m2dit": meta,
+                "positions": positions,
+                "dtype": dtype,
+            },
+            **kwargs,
+        )
+        if not lazy:
+            text.encoder  # noqa: B018 - loads it
+            pipe.model  # noqa: B018
+        return pipe
+
+    @property
+    def model(self) -> Any:
+        if self._model is None:
+            self._model = self._model_loader()
+        return self._model
+
+    @property
+    def model_loaded(self) -> bool:
+        return self._model is not None
+
+    def set_video(self, **changes: Any) -> VideoSpec:
+        """Changes the scene geometry (``frames``, ``height``, ``width``, ``num_scenes``,
+        ``fps``) after checking it against the video side; returns the new spec."""
+        current = getattr(self, "video", None)
+        spec = dataclasses.replace(current, **changes) if current else VideoSpec(**changes)
+        for key in ("num_scenes", "frames", "height", "width", "fps"):
+            value = getattr(spec, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"video {key} must be a positive int, got {value!r}")
+        self.latent_shape = tuple(
+            self.autoencoder.latent_shape(spec.frames, spec.height, spec.width)
+        )
+        self.video = spec
+        return spec
+
+    # ------------------------------------------------------------------ text
+    def prepare_captions(self, captions: Sequence[str | None]) -> None:
+        """Encodes (and caches) every caption not seen yet, in one batch; None = the empty
+        negative."""
+        todo = sorted({c for c in captions if c is not None and c not in self._captions})
+        if todo:
+            for caption, embeds in zip(todo, self.text_encoder.encode(todo), strict=True):
+                self._captions[caption] = embeds
+        if any(c is None for c in captions) and self._empty is None:
+            self._empty = self.text_encoder.empty()
+
+    def release_text_encoder(self) -> None:
+        """Frees the text encoder's weights (cached caption embeddings stay)."""
+        self.text_encoder.release()
+
+    def _embed(self, caption: str | None) -> np.ndarray:
+        self.prepare_captions([caption])
+        return self._empty if caption is None else self._captions[caption]
+
     def encode_captions(self, captions: Sequence[str] | Sequence[Sequence[str]]) -> jax.Array:
         """(S,) captions -> (1, S*T, D); a list of B caption lists -> (B, S*T, D)."""
         batch = [captions] if captions and isinstance(captions[0], str) else list(captions)
         counts = {len(c) for c in batch}
         if len(counts) != 1 or 0 in counts:
             raise ValueError(f"every video needs the same non-zero number of captions: {counts}")
-        flat = [c for caps in batch for c in caps]
-        embeds, _ = self.text_encoder.encode(flat)
-        return jnp.asarray(embeds.reshape(len(batch), -1, embeds.shape[-1]))
+        self.prepare_captions([c for caps in batch for c in caps])
+        rows = [np.concatenate([self._embed(c) for c in caps]) for caps in batch]
+        return jnp.asarray(np.stack(rows))
 
     def encode_negatives(self, negatives: Sequence[str | None]) -> jax.Array:
-        """Per-scene negative captions (None = all-zero embeddings) -> (1, S*T, D)."""
-        t, d = self.text_encoder.text_len, self.text_encoder.dim
-        out = np.zeros((len(negatives), t, d), np.float32)
-        given = [i for i, n in enumerate(negatives) if n is not None]
-        if given:
-            embeds, _ = self.text_encoder.encode([negatives[i] for i in given])
-            out[given] = embeds
-        return jnp.asarray(out.reshape(1, -1, d))
+        """Per-scene negative captions (None = the empty negative) -> (1, S*T, D)."""
+        self.prepare_captions(list(negatives))
+        return jnp.asarray(np.concatenate([self._embed(n) for n in negatives])[None])
 
-    def encode_video(self, video: np.ndarray) -> jax.Array:
-        """(S*F, H, W, 3) uint8 -> latents (1, S*F', h, w, C), each scene encoded on its own."""
-        scenes = self.split_video(video)
-        latents = self.autoencoder.encode(scenes)  # scenes as a batch: no cross-scene leakage
-        return jnp.asarray(latents.reshape(1, -1, *latents.shape[2:]))
-
-    def decode_latents(self, latents: jax.Array) -> np.ndarray:
-        """(B, S*F', h, w, C) -> (B, S*F, H, W, 3) uint8, scene by scene."""
-        lat = np.asarray(jax.device_get(latents), np.float32)
-        b, f = lat.shape[0], self.latent_shape[0]
-        scenes = lat.reshape(-1, f, *lat.shape[2:])
-        video = self.autoencoder.decode(scenes)
-        return video.reshape(b, -1, *video.shape[2:])
-
+    # ------------------------------------------------------------------ video
     def split_video(self, video: np.ndarray) -> np.ndarray:
         """(S*F, H, W, 3) -> (S, F, H, W, 3), checking the model's frame size."""
         v = self.video
@@ -116,33 +351,80 @@ class SamplingPipeline:
             )
         return video.reshape(-1, v.frames, *video.shape[1:])
 
+    def encode_video(self, video: np.ndarray, *, key: jax.Array | None = None) -> jax.Array:
+        """(S*F, H, W, 3) uint8 -> latents (1, S*F', h, w, C), each scene encoded on its own;
+        ``key``: a posterior sample instead of the mode (VAE only)."""
+        latents = self.autoencoder.encode(self.split_video(video), key)
+        return jnp.asarray(latents.reshape(1, -1, *latents.shape[2:]))
+
+    def decode_latents(self, latents: jax.Array, *, output: str = "uint8") -> np.ndarray:
+        """(B, S*F', h, w, C) -> (B, S*F, H, W, 3), scene by scene; ``output`` "uint8" or
+        "float" (float32 in [0, 1])."""
+        if output not in OUTPUTS:
+            raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
+        lat = np.asarray(jax.device_get(latents), np.float32)
+        b, f = lat.shape[0], self.latent_shape[0]
+        if lat.ndim != 5 or lat.shape[1] % f:
+            raise ValueError(f"latents {lat.shape} do not split into {f}-frame scenes")
+        video = self.autoencoder.decode(lat.reshape(-1, f, *lat.shape[2:]))
+        video = codecs.unit_to_uint8(video) if output == "uint8" else codecs.unit_to_float01(video)
+        return video.reshape(b, -1, *video.shape[2:])
+
     # ------------------------------------------------------------------ sampling
-    def _options(self, sampler: SamplerOptions) -> dict[str, Any]:
-        return dict(
-            num_steps=sampler.steps,
-            guidance_scale=sampler.guidance_scale,
-            sampler=sampler.name,
-            schedule=self.schedule,
-        )
+    def _loop(self, sampler: SamplerOptions, **kwargs: Any) -> jax.Array:
+        bar = None
+        if self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=sampler.steps, desc=kwargs.pop("desc", "denoising"), unit="step")
+        kwargs.pop("desc", None)
+        try:
+            return denoise_loop(
+                self.model,
+                schedule=self.schedule,
+                num_steps=sampler.steps,
+                guidance_scale=sampler.guidance_scale,
+                dynamic_cfg=sampler.dynamic_cfg,
+                sampler=sampler.name,
+                mesh=self.mesh,
+                progress=(lambda: bar.update(1)) if bar is not None else None,
+                **kwargs,
+            )
+        finally:
+            if bar is not None:
+                bar.close()
 
     def sample_latents(
         self,
         captions: Sequence[Sequence[str]],
         sampler: SamplerOptions,
         negatives: Sequence[str | None] | None = None,
+        *,
+        noise: Any = None,
     ) -> jax.Array:
-        """B videos of S = num_scenes scenes sampled jointly -> latents (B, S*F', h, w, C)."""
+        """B videos of S = num_scenes scenes sampled jointly -> latents (B, S*F', h, w, C).
+
+        ``noise``: explicit initial latents (B, S*F', h, w, C); default drawn from the seed.
+        ``negatives``: S per-scene negative captions shared by the batch (None = empty).
+        """
         s = self.video.num_scenes
         if any(len(c) != s for c in captions):
             raise ValueError(f"this model samples {s} scenes jointly; give {s} captions per video")
-        return generate(
-            self.model,
-            self.encode_captions(captions),
+        text = self.encode_captions(captions)
+        negative = jnp.broadcast_to(self.encode_negatives(negatives or [None] * s), text.shape)
+        shape = (len(captions), s * self.latent_shape[0], *self.latent_shape[1:])
+        if noise is None:
+            noise = initial_noise(sampler.seed, shape)
+        elif tuple(np.shape(noise)) != shape:
+            raise ValueError(f"noise must be {shape} (B, S*F', h, w, C), got {np.shape(noise)}")
+        return self._loop(
+            sampler,
+            text=text,
+            negative=negative,
+            noise=noise,
             num_scenes=s,
-            latent_shape=self.latent_shape,
-            negative_text_embeds=self.encode_negatives(negatives or [None] * s),
-            seed=sampler.seed,
-            **self._options(sampler),
+            rng=sampler.seed,
+            desc=f"{s} scenes",
         )
 
     def extend_latents(
@@ -156,44 +438,82 @@ class SamplingPipeline:
         negatives: Sequence[str | None] | None = None,
         seed_offset: int = 0,
     ) -> jax.Array:
-        """Appends K scenes to B videos' latents, one extension step per scene.
+        """Appends K scenes to B videos' latents, one extension step (mask 2) per scene.
 
         ``previous``: per video, the captions of the scenes in ``latents``; ``new``: per video,
-        K captions; ``negatives``: K negative captions shared by the batch (None = zeros).
+        K captions; ``negatives``: K negative captions shared by the batch (None = empty).
+        Step k draws from ``fold_in(stream(seed, "extension"), seed_offset + k)``.
         """
         window = window or self.video.num_scenes
-        text = self.encode_captions(previous)
-        key = stream(sampler.seed, "extension")
+        if isinstance(window, bool) or not isinstance(window, int) or window < 2:
+            raise ValueError(f"window must be an int >= 2 (conditions + new scene), got {window!r}")
+        latents = jnp.asarray(latents, jnp.float32)
         num_new = {len(n) for n in new}
         if len(new) != latents.shape[0] or len(num_new) != 1:
             raise ValueError("give every video the same number of new captions")
-        negatives = negatives or [None] * num_new.pop()
-        for k, negative in enumerate(negatives):
-            caption_embeds = self.encode_captions([[n[k]] for n in new])  # (B, T, D)
-            neg = None if negative is None else self.encode_negatives([negative])[0]
-            latents = extend(
-                self.model,
-                latents,
-                caption_embeds,
-                scene_text=text,
-                window=window,
-                negative_text_embeds=neg,
-                seed=jax.random.fold_in(key, seed_offset + k),
-                **self._options(sampler),
+        k_new = num_new.pop()
+        negatives = list(negatives) if negatives is not None else [None] * k_new
+        if len(negatives) != k_new:
+            raise ValueError(f"{len(negatives)} negatives for {k_new} new scenes")
+        self.prepare_captions([c for caps in [*previous, *new] for c in caps] + negatives)
+        text = self.encode_captions(previous)
+        t_len = self.text_encoder.text_len
+        f = self.latent_shape[0]
+        num_prior = text.shape[1] // t_len
+        if latents.shape[1] != num_prior * f:
+            raise ValueError(
+                f"latents hold {latents.shape[1] // f} scenes but {num_prior} captions were given"
             )
-            text = jnp.concatenate([text, caption_embeds], axis=1)
+        base = stream(sampler.seed, "extension")
+        for k in range(k_new):
+            key = jax.random.fold_in(base, seed_offset + k)
+            caption = self.encode_captions([[n[k]] for n in new])  # (B, T, D)
+            num_prior = latents.shape[1] // f
+            num_cond = min(window - 1, num_prior)
+            s = num_cond + 1
+            cond = latents[:, (num_prior - num_cond) * f :]
+            if self.condition_mode == "release":  # add_noise at t = 0 (abar_0 < 1)
+                eps = jax.random.normal(stream(key, "condition_noise"), cond.shape)
+                t0 = jnp.zeros((cond.shape[0],), jnp.int32)
+                cond = self.schedule.add_noise(cond, eps, t0)
+            window_text = jnp.concatenate([text[:, (num_prior - num_cond) * t_len :], caption], 1)
+            negative = jnp.broadcast_to(
+                self.encode_negatives([negatives[k]] * s), window_text.shape
+            )
+            shape = (latents.shape[0], s * f, *latents.shape[2:])
+            out = self._loop(
+                sampler,
+                text=window_text,
+                negative=negative,
+                noise=initial_noise(key, shape),
+                num_scenes=s,
+                rng=key,
+                generate_mask=tuple(bool(m) for m in extension_mask(s, num_cond)),
+                condition_latents=jnp.concatenate([cond, jnp.zeros_like(latents[:, :f])], 1),
+                causal_conditions=num_cond if self.causal_conditions else 0,
+                desc=f"extending: scene {num_prior + 1}",
+            )
+            latents = jnp.concatenate([latents, out[:, num_cond * f :]], axis=1)
+            text = jnp.concatenate([text, caption], axis=1)
         return latents
 
-    def generate(self, script: SampleScript) -> np.ndarray:
-        """All scenes of ``script`` -> (S*F, H, W, 3) uint8 video."""
+    def _script_captions(self, script: SampleScript) -> list[str | None]:
+        return [*script.captions, *script.negatives]
+
+    def generate(
+        self, script: SampleScript, *, noise: Any = None, output: str = "uint8"
+    ) -> np.ndarray:
+        """All scenes of ``script`` -> (S*F, H, W, 3) video; ``noise``: the joint sample's
+        initial latents (1, S*F', h, w, C)."""
         s = self.video.num_scenes
         if len(script.scenes) < s:
             raise ValueError(
                 f"this model samples {s} scenes jointly; the script has {len(script.scenes)}. "
                 f"Give at least {s} scenes (more are added by scene extension)."
             )
+        self.prepare_captions(self._script_captions(script))
         captions, negatives = script.captions, script.negatives
-        latents = self.sample_latents([captions[:s]], script.sampler, negatives[:s])
+        latents = self.sample_latents([captions[:s]], script.sampler, negatives[:s], noise=noise)
         if len(captions) > s:
             latents = self.extend_latents(
                 latents,
@@ -204,24 +524,37 @@ class SamplingPipeline:
                 negatives=negatives[s:],
                 seed_offset=1,
             )
-        return self.decode_latents(latents)[0]
+        return self.decode_latents(latents, output=output)[0]
 
     def extend(
-        self, video: np.ndarray, previous_captions: Sequence[str], script: SampleScript
+        self,
+        video: np.ndarray,
+        previous_captions: Sequence[str],
+        script: SampleScript,
+        *,
+        output: str = "uint8",
     ) -> np.ndarray:
-        """Appends ``script``'s scenes to ``video`` (whose scenes had ``previous_captions``)."""
+        """Appends ``script``'s scenes to ``video`` (whose scenes had ``previous_captions``).
+
+        The previous scenes are encoded one by one (``condition_mode="release"``: a posterior
+        sample); the output repeats them as decoded from those latents, then the new scenes.
+        """
         scenes = self.split_video(video)
         if len(previous_captions) != len(scenes):
             raise ValueError(
                 f"the video has {len(scenes)} scenes but {len(previous_captions)} captions were "
                 "given for them"
             )
+        self.prepare_captions([*previous_captions, *self._script_captions(script)])
+        key = None
+        if self.condition_mode == "release":
+            key = stream(stream(script.sampler.seed, "extension"), "condition_posterior")
         latents = self.extend_latents(
-            self.encode_video(video),
+            self.encode_video(video, key=key),
             [list(previous_captions)],
             [script.captions],
             script.sampler,
             window=script.window,
             negatives=script.negatives,
         )
-        return self.decode_latents(latents)[0]
+        return self.decode_latents(latents, output=output)[0]

@@ -7,6 +7,7 @@
       steps: 50
       guidance_scale: 6.0
       seed: 0
+      dynamic_cfg: false              # CogVideoX's use_dynamic_cfg (guidance rises over steps)
     window: 3                         # optional: scenes per model call when extending
     scenes:                           # required, at least one
       - caption: "a red square moves left"
@@ -28,7 +29,7 @@ import yaml
 SAMPLERS = ("ddim", "dpm")
 _TOP_KEYS = {"scenes", "negative", "sampler", "window"}
 _SCENE_KEYS = {"caption", "negative"}
-_SAMPLER_KEYS = {"name", "steps", "guidance_scale", "seed"}
+_SAMPLER_KEYS = {"name", "steps", "guidance_scale", "seed", "dynamic_cfg"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +44,7 @@ class SamplerOptions:
     steps: int = 50
     guidance_scale: float = 6.0
     seed: int = 0
+    dynamic_cfg: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,11 +122,15 @@ def parse_script(data: Any, *, source: str = "script") -> SampleScript:
     scale = sampler_data.get("guidance_scale", defaults.guidance_scale)
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale < 0:
         raise ValueError(f"{source}: sampler.guidance_scale must be a number >= 0, got {scale!r}")
+    dynamic = sampler_data.get("dynamic_cfg", defaults.dynamic_cfg)
+    if not isinstance(dynamic, bool):
+        raise ValueError(f"{source}: sampler.dynamic_cfg must be true or false, got {dynamic!r}")
     sampler = SamplerOptions(
         name=name,
         steps=_int(sampler_data.get("steps", defaults.steps), f"{source}: sampler.steps", 1),
         guidance_scale=float(scale),
         seed=_int(sampler_data.get("seed", defaults.seed), f"{source}: sampler.seed", 0),
+        dynamic_cfg=dynamic,
     )
     window = data.get("window")
     if window is not None:

@@ -13,14 +13,17 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
 
 from m2dit_jax.attention import masked_attention
+from m2dit_jax.attention.cached import cached_attention
 from m2dit_jax.layout import SceneLayout
 from m2dit_jax.model.layers import Dense, LayerNorm
 from m2dit_jax.model.positions import apply_rope
 from m2dit_jax.sharding import constrain
 
 ACT = ("batch", "seq", "act_embed")
+HEADS = ("batch", "seq", "heads", "head_dim")
 
 
 def scene_broadcast(text_values: jax.Array, video_values: jax.Array, layout: SceneLayout):
@@ -97,18 +100,42 @@ class Attention(nnx.Module):
         self.backend = config.attention_backend
         self.options = dict(config.attention_options)
 
-    def __call__(self, x, rope, layout: SceneLayout) -> jax.Array:
-        """x (B, L, D); rope None or (cos, sin) (L, Dh) -> (B, L, D)."""
-        heads = ("batch", "seq", "heads", "head_dim")
+    def qkv(self, x, rope):
+        """x (B, L, D) -> q, k, v (B, L, H, Dh): projected, qk-normed, RoPE applied."""
         q = self.norm_q(self.to_q(x))
         k = self.norm_k(self.to_k(x))
         v = self.to_v(x)
         if rope is not None:
             q = apply_rope(q, *rope)
             k = apply_rope(k, *rope)
-        q, k, v = constrain(q, heads), constrain(k, heads), constrain(v, heads)
+        # names for the remat policies (m2dit_jax.model.transformer.REMAT_POLICIES)
+        q, k, v = (constrain(t, HEADS) for t in (q, k, v))
+        return checkpoint_name(q, "query"), checkpoint_name(k, "key"), checkpoint_name(v, "value")
+
+    def project_out(self, out: jax.Array) -> jax.Array:
+        out = checkpoint_name(constrain(out, HEADS), "attn_out")
+        return constrain(self.to_out(out), ACT)
+
+    def __call__(self, x, rope, layout: SceneLayout) -> jax.Array:
+        """x (B, L, D); rope None or (cos, sin) (L, Dh) -> (B, L, D)."""
+        return self.attend(x, rope, layout)[0]
+
+    def attend(self, x, rope, layout: SceneLayout):
+        """Like ``__call__``, also returning this layer's k, v (B, L, H, Dh)."""
+        q, k, v = self.qkv(x, rope)
         out = masked_attention(q, k, v, layout, backend=self.backend, **self.options)
-        return constrain(self.to_out(constrain(out, heads)), ACT)
+        return self.project_out(out), k, v
+
+    def cached(self, x, rope, layout: SceneLayout, cache_k, cache_v) -> jax.Array:
+        """One new scene's tokens x (B, L1, D) attending to [cached condition video ; own].
+
+        ``layout``: the one-scene layout of the new scene; cache_k/v (B, Nc, H, Dh).
+        """
+        q, k, v = self.qkv(x, rope)
+        out = cached_attention(
+            q, k, v, cache_k, cache_v, layout, backend=self.backend, **self.options
+        )
+        return self.project_out(out)
 
 
 class FeedForward(nnx.Module):
@@ -153,6 +180,26 @@ class Mask2DiTBlock(nnx.Module):
         """x (B, L, D), temb (B, S, E), rope None | (cos, sin) (L, Dh) -> (B, L, D)."""
         h, gate = self.norm1(x, temb, layout)
         x = x + gate * self.attn(h, rope, layout)
+        h, gate = self.norm2(x, temb, layout)
+        x = x + gate * self.ff(h)
+        return constrain(x, ACT)
+
+    def prefill(self, x, temb, rope, layout: SceneLayout):
+        """The condition scenes' forward (``layout``: the conditions alone, mask 1): returns
+        (x (B, L, D), k, v (B, video tokens, H, Dh)) — the video keys/values a generated scene
+        attends to under ``mask_mode="causal_conditions"``."""
+        h, gate = self.norm1(x, temb, layout)
+        attn, k, v = self.attn.attend(h, rope, layout)
+        x = x + gate * attn
+        h, gate = self.norm2(x, temb, layout)
+        x = x + gate * self.ff(h)
+        video = slice(layout.text_total, None)
+        return constrain(x, ACT), constrain(k[:, video], HEADS), constrain(v[:, video], HEADS)
+
+    def cached(self, x, temb, rope, layout: SceneLayout, cache_k, cache_v) -> jax.Array:
+        """The new scene's tokens only (``layout``: one scene), conditions from the cache."""
+        h, gate = self.norm1(x, temb, layout)
+        x = x + gate * self.attn.cached(h, rope, layout, cache_k, cache_v)
         h, gate = self.norm2(x, temb, layout)
         x = x + gate * self.ff(h)
         return constrain(x, ACT)

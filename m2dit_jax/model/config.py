@@ -27,6 +27,12 @@ _DEFAULTS: dict[str, Any] = {
     # S*F frames); "stretch" interpolates the F-frame table to S*F frames linearly in time
     # (torch trilinear, align_corners=False), as the Mask²DiT release does.
     "sincos_temporal": "continuous",
+    # How position tables are computed off the sample grid (equal on it): "diffusers" (>= 0.32:
+    # RoPE crop grid linspace(start, stop*(n-1)/n, n); sin-cos recomputed on the actual grid)
+    # or "release" (the Mask²DiT release: RoPE np.linspace(start, stop, n, endpoint=False);
+    # sin-cos = the sample-grid table trilinearly resized to (S*sample_frames, h, w), first
+    # S*F*h*w rows; needs sincos_temporal="stretch" and F <= sample_frames).
+    "positions_convention": "diffusers",
     # Latent sample grid of ONE scene: F latent frames, latent H / W (before patching).
     "sample_frames": 2,
     "sample_height": 8,
@@ -42,7 +48,7 @@ _DEFAULTS: dict[str, Any] = {
     "mask_mode": "mask2dit",  # SceneLayout.mask_mode ("full" / "independent": ablations)
     "dtype": "float32",  # compute dtype: "float32" | "bfloat16"
     "param_dtype": "float32",
-    "remat": "none",  # "none" | "full" | "save_dots"
+    "remat": "none",  # "none" | "full" | "save_dots" | "save_attn" | ... (REMAT_POLICIES)
     "scan_layers": False,
     "text_pad_to": 1,
 }
@@ -88,7 +94,19 @@ _PRESETS: dict[str, dict[str, Any]] = {
 MODEL_NAMES = tuple(_PRESETS)
 POSITIONS = ("rope", "sincos")
 SINCOS_TEMPORAL = ("continuous", "stretch")
-REMAT_POLICIES = ("none", "full", "save_dots")
+POSITIONS_CONVENTIONS = ("diffusers", "release")
+# m2dit_jax.model.transformer.REMAT_POLICIES (+ "none"); "offload_*" need host memory
+REMAT_POLICIES = (
+    "none",
+    "full",
+    "save_dots",
+    "save_attn",
+    "save_qkv_attn",
+    "offload_attn",
+    "offload_qkv_attn",
+    "offload_dots",
+    "offload_input",
+)
 DTYPES = ("float32", "bfloat16")
 
 
@@ -140,6 +158,19 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
             f"model config 'sincos_temporal' must be one of {SINCOS_TEMPORAL}, "
             f"got {config.sincos_temporal!r}"
         )
+    # .get: configs stored before this field existed (bundles) mean "diffusers"
+    convention = config.get("positions_convention", "diffusers")
+    if convention not in POSITIONS_CONVENTIONS:
+        raise ValueError(
+            f"model config 'positions_convention' must be one of {POSITIONS_CONVENTIONS}, "
+            f"got {convention!r}"
+        )
+    if convention == "release" and config.positions == "sincos":
+        if config.sincos_temporal != "stretch":
+            raise ValueError(
+                "positions_convention='release' with sincos positions needs "
+                "sincos_temporal='stretch' (the release only stretches the sample-grid table)"
+            )
     if config.remat not in REMAT_POLICIES:
         raise ValueError(
             f"model config 'remat' must be one of {REMAT_POLICIES}, got {config.remat!r}"

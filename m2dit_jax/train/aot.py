@@ -192,23 +192,69 @@ def topology_devices(topology: Topology | str, num_slices: int = 1) -> list[Any]
 # ---------------------------------------------------------------------------------------------
 # Compiling one layout
 
-_REMAT_RECOMPUTE = {"none": 0.0, "full": 1.0}  # extra forward passes in the backward
+# What each remat policy re-runs in the backward, as parts of the forward's matmul FLOPs:
+# "all" (the whole block), "attention" (q k^T and p v), "all-attention" (everything but
+# attention: its kernel's outputs are saved), "all-attention-qkv" (also q, k, v saved),
+# "all-qkv" (everything but the q, k, v projections).
+_REMAT_RECOMPUTES = {
+    "none": "nothing",
+    "full": "all",
+    "offload_input": "all",
+    "save_dots": "attention",
+    "offload_dots": "attention",
+    "save_attn": "all-attention",
+    "save_qkv_attn": "all-attention-qkv",
+    # offloaded by name only: the attention kernel's statistics are recomputed -> all of it
+    "offload_attn": "all",
+    "offload_qkv_attn": "all-qkv",
+}
 
 
 def recompute_factor(config: ml_collections.ConfigDict) -> float:
     """Compute of a step relative to the model FLOPs (3 x forward): remat "full" re-runs the
-    forward (4/3); "save_dots" re-runs attention only (1 + attention / (3 x forward))."""
+    forward (4/3); "save_dots" re-runs attention only (1 + attention / (3 x forward));
+    "save_attn" everything but attention; see ``_REMAT_RECOMPUTES``. Host transfers of the
+    offload_* policies are not counted (``ranking_key`` prefers not offloading on a tie)."""
     from m2dit_jax.model.flops import forward_flops_per_sample
     from m2dit_jax.train.config_checks import model_layout
 
     m = config.model
-    remat = str(m.remat)
-    if remat in _REMAT_RECOMPUTE:
-        return 1.0 + _REMAT_RECOMPUTE[remat] / 3.0
+    what = _REMAT_RECOMPUTES[str(m.remat)]
+    if what == "nothing":
+        return 1.0
     layout = model_layout(config)
     fwd = forward_flops_per_sample(m, layout)
-    attention = m.num_layers * 4.0 * layout.seq_len**2 * m.num_heads * m.head_dim
-    return 1.0 + attention / (3.0 * fwd)
+    width = m.num_heads * m.head_dim
+    attention = m.num_layers * 4.0 * layout.seq_len**2 * width
+    qkv = m.num_layers * 3 * 2.0 * layout.seq_len * width * width
+    again = {
+        "all": fwd,
+        "attention": attention,
+        "all-attention": fwd - attention,
+        "all-attention-qkv": fwd - attention - qkv,
+        "all-qkv": fwd - qkv,
+    }[what]
+    return 1.0 + again / (3.0 * fwd)
+
+
+def state_bytes_per_device(abstract_state: Any) -> dict[str, int]:
+    """Bytes one device holds of the train state's params, optimizer state (AdamW moments)
+    and EMA, from the abstract state's shapes and shardings (exact, no compile needed); the
+    fraction of the unsharded size shows how the state scales with the mesh."""
+    import jax
+
+    out = {}
+    for part, key in (("params", "param"), ("opt_state", "opt"), ("ema", "ema")):
+        local = total = 0
+        for x in jax.tree.leaves(abstract_state.get(part, {})):
+            if not hasattr(x, "sharding") or x.sharding is None:
+                continue
+            size = x.dtype.itemsize
+            total += math.prod(x.shape) * size
+            local += math.prod(x.sharding.shard_shape(x.shape)) * size
+        out[f"{key}_bytes_per_device"] = local
+        out[f"{key}_bytes_total"] = total
+    return out
 
 
 # XLA:TPU's out-of-memory errors: "... Used 120.5G of 95.74G hbm ..." (whole program) or
@@ -287,6 +333,7 @@ def compile_for_topology(
         batch = program.abstract_batch()
         step = program.step_for({k: v.sharding for k, v in batch.items()})
         report["params"] = count_params(program.abstract_state["params"])
+        report.update(state_bytes_per_device(program.abstract_state))
         t0 = time.perf_counter()
         with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
             lowered = step.lower(program.abstract_state, batch)
@@ -323,6 +370,9 @@ def compile_for_topology(
         "alias_bytes": int(mem.alias_size_in_bytes),
         "temp_bytes": int(mem.temp_size_in_bytes),
         "code_bytes": int(mem.generated_code_size_in_bytes),
+        # host memory the program uses (remat offload_* policies: the offloaded activations)
+        "host_temp_bytes": int(getattr(mem, "host_temp_size_in_bytes", 0) or 0),
+        "compiler_peak_bytes": int(getattr(mem, "peak_memory_in_bytes", 0) or 0),
     }
     peak = (
         sizes["argument_bytes"]
@@ -360,20 +410,32 @@ def search_candidates(
 
     A layout is (fsdp, context, tensor, batch per chip, remat, logical rules); ``data`` takes
     the chips that are left (fsdp -1 = all of them); the global batch is ``batch_per_chip x
-    chips``; ``logical_rules`` entries are ``mesh.logical_rules`` strings ("" = the config's,
-    e.g. "embed=fsdp+context" also shards the state over the context axis). Layouts
+    chips``; ``logical_rules`` entries are ``mesh.logical_rules`` strings ("" = the config's;
+    a preset of ``m2dit_jax.sharding.RULE_PRESETS`` such as "zero3" or "fsdp"; or entries such
+    as "embed=fsdp+tensor"): "presets" stands for every preset, and remat "all" for every
+    policy of ``REMAT_POLICIES`` but "none". Layouts
     ``check_config`` rejects (heads or sequence not divisible, ...) come back with the reason.
     """
+    from m2dit_jax.model.config import REMAT_POLICIES
+    from m2dit_jax.sharding import RULE_PRESETS
     from m2dit_jax.train.config_checks import ConfigError, check_config
 
+    def expand(values, word, everything):
+        out = []
+        for v in _as_tuple(values):
+            out.extend(everything if v == word else (v,))
+        return tuple(dict.fromkeys(out))
+
+    remat = expand(remat, "all", [p for p in REMAT_POLICIES if p != "none"])
+    logical_rules = expand(logical_rules, "presets", list(RULE_PRESETS))
     ok, rejected = [], []
     for f, c, t, bpc, r, rules in itertools.product(
         _as_tuple(fsdp),
         _as_tuple(context),
         _as_tuple(tensor),
         _as_tuple(batch_per_chip),
-        _as_tuple(remat),
-        _as_tuple(logical_rules),
+        remat,
+        logical_rules,
     ):
         layout = dict(fsdp=int(f), context=int(c), tensor=int(t), batch_per_chip=bpc, remat=r)
         if rules:
@@ -448,13 +510,15 @@ def search(
 
 def ranking_key(report: Mapping[str, Any]) -> tuple:
     """Sort key of "fastest-looking" (smallest first): the least compute per sample (model
-    FLOPs x remat recompute / chip peak), then the least model parallelism (tensor x context:
-    per-layer collectives), then the largest batch per chip (bigger matmuls), then the lowest
-    peak memory. A heuristic from the memory analysis and model FLOPs, not a measurement."""
+    FLOPs x remat recompute / chip peak), then no host offload, then the least model
+    parallelism (tensor x context: per-layer collectives), then the largest batch per chip
+    (bigger matmuls), then the lowest peak memory. A heuristic from the memory analysis and
+    model FLOPs, not a measurement."""
     per_sample = report["est_compute_s"] / max(report["batch_per_chip"], 1e-9)
     mesh = report["mesh"]
     return (
         round(per_sample, 6),
+        str(report.get("remat", "")).startswith("offload_"),  # host transfers not modelled
         mesh["tensor"] * mesh["context"],
         -report["batch_per_chip"],
         report["peak_bytes"] or 0,
@@ -480,10 +544,18 @@ def mesh_text(mesh: Mapping[str, int]) -> str:
 
 
 TABLE_HEADER = (
-    "| topology | mesh | rules | batch/chip | remat | args GiB | temp GiB | peak GiB | HBM GiB "
-    "| fits | est. chip-ms/sample | compile s |\n"
-    "|---|---|---|---|---|---|---|---|---|---|---|---|"
+    "| topology | mesh | rules | batch/chip | remat | state GiB | args GiB | temp GiB | host GiB "
+    "| peak GiB | HBM GiB | fits | est. chip-ms/sample | compile s |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
+
+
+def _state_gib(r: Mapping[str, Any]) -> str:
+    """Params + optimizer state + EMA per chip (exact, from the shardings)."""
+    keys = ("param_bytes_per_device", "opt_bytes_per_device", "ema_bytes_per_device")
+    if not all(k in r for k in keys):
+        return "-"
+    return _gib(sum(r[k] for k in keys))
 
 
 def format_row(r: Mapping[str, Any]) -> str:
@@ -495,8 +567,9 @@ def format_row(r: Mapping[str, Any]) -> str:
     per_sample_ms = 1e3 * r["est_compute_s"] / max(r["batch_per_chip"], 1e-9)
     return (
         f"| {r['topology']} | {mesh_text(r['mesh'])} | {r.get('logical_rules') or '-'} "
-        f"| {r['batch_per_chip']:g} | {r['remat']} "
+        f"| {r['batch_per_chip']:g} | {r['remat']} | {_state_gib(r)} "
         f"| {_gib(r['argument_bytes'])} | {_gib(r['temp_bytes'])} "
+        f"| {_gib(r.get('host_temp_bytes'))} "
         f"| {'>' if r.get('oom_kind') == 'temp' else ''}{_gib(r['peak_bytes'])} "
         f"| {r['hbm_bytes'] / GIB:g} | {'yes' if r['fits'] else 'NO'}"
         f"{' (compiler OOM)' if r['error'] else ''} | {per_sample_ms:.0f} "
@@ -525,11 +598,13 @@ def format_tpu_report(name: str, r: Mapping[str, Any]) -> str:
     else:
         lines += [
             "  per chip (TPU compiler's memory analysis):",
-            f"    arguments (state + batch) {_gib(r['argument_bytes']):>8} GiB",
+            f"    arguments (state + batch) {_gib(r['argument_bytes']):>8} GiB "
+            f"(params + optimizer + EMA {_state_gib(r)} GiB)",
             f"    outputs                   {_gib(r['output_bytes']):>8} GiB "
             f"(donated/aliased {_gib(r['alias_bytes'])} GiB)",
             f"    temporaries               {_gib(r['temp_bytes']):>8} GiB",
             f"    generated code            {_gib(r['code_bytes']):>8} GiB",
+            f"    host (offloaded) temps    {_gib(r.get('host_temp_bytes')):>8} GiB",
             f"    peak                      {_gib(r['peak_bytes']):>8} GiB of "
             f"{r['hbm_bytes'] / GIB:g} GiB HBM -> {'fits' if r['fits'] else 'does NOT fit'}",
         ]
@@ -592,6 +667,7 @@ def compile_on_cpu(config: ml_collections.ConfigDict, num_devices: int) -> dict[
         state = program.abstract_state
         batch = program.abstract_batch()
         step = program.step_for({k: v.sharding for k, v in batch.items()})
+        state_bytes = state_bytes_per_device(state)
         t0 = time.perf_counter()
         with jax.set_mesh(mesh):
             lowered = step.lower(state, batch)
@@ -616,6 +692,7 @@ def compile_on_cpu(config: ml_collections.ConfigDict, num_devices: int) -> dict[
         "code_bytes": getattr(mem, "generated_code_size_in_bytes", 0),
         "xla_flops_per_device": float((cost or {}).get("flops", 0.0)),
         "model_flops_per_step": train_flops_per_sample(config.model, layout) * b,
+        **state_bytes,
     }
 
 

@@ -32,7 +32,9 @@ TOP_LEVEL = (
     "train",
     "eval",
     "distributed",
+    "lora",
 )
+OPTIONAL_TOP_LEVEL = ("lora",)  # configs written before LoRA existed lack it (= off)
 
 
 class ConfigError(ValueError):
@@ -134,7 +136,7 @@ def check_config(
       ConfigError naming every field that makes the run impossible.
     """
     errors: list[str] = []
-    missing = [k for k in TOP_LEVEL if k not in config]
+    missing = [k for k in TOP_LEVEL if k not in config and k not in OPTIONAL_TOP_LEVEL]
     if missing:
         raise ConfigError(f"config is missing sections: {', '.join(missing)}")
     errors += [f"{k} (unknown top-level key)" for k in config.keys() if k not in TOP_LEVEL]
@@ -145,8 +147,10 @@ def check_config(
         ("train", defaults.train_defaults()),
         ("eval", defaults.eval_defaults()),
         ("distributed", defaults.distributed_defaults()),
+        ("lora", defaults.lora_defaults()),
     ):
-        errors += [f"{k} (unknown key)" for k in _unknown_keys(config[name], ref, name)]
+        if name in config:
+            errors += [f"{k} (unknown key)" for k in _unknown_keys(config[name], ref, name)]
     model_keys, data_keys = _model_reference_keys(), _data_reference_keys()
     errors += [f"{k} (unknown key)" for k in _unknown_keys(config.model, model_keys, "model")]
     errors += [f"{k} (unknown key)" for k in _unknown_keys(config.data, data_keys, "data")]
@@ -263,9 +267,38 @@ def check_config(
 
     errors += _data_model_agreement(config)
     errors += _eval_errors(config)
+    errors += _lora_errors(config)
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
     return mesh
+
+
+def _lora_errors(config: Any) -> list[str]:
+    import re
+
+    from m2dit_jax.train import lora as lora_lib
+
+    lo = config.get("lora")
+    if lo is None:
+        return []
+    errors = []
+    if not isinstance(lo.rank, int) or lo.rank < 0:
+        errors.append(f"lora.rank={lo.rank!r} must be an int >= 0 (0 = off)")
+    if float(lo.alpha) < 0:
+        errors.append(f"lora.alpha={lo.alpha} must be >= 0 (0 = rank)")
+    if lo.init not in lora_lib.INITS:
+        errors.append(f"lora.init={lo.init!r} must be one of {lora_lib.INITS}")
+    if lo.base_dtype not in lora_lib.BASE_DTYPES:
+        errors.append(f"lora.base_dtype={lo.base_dtype!r} must be one of {lora_lib.BASE_DTYPES}")
+    if errors or int(lo.rank) == 0:
+        return errors
+    try:
+        _, problems = lora_lib.select_targets(
+            str(lo.targets), int(config.model.num_layers), bool(config.model.scan_layers)
+        )
+    except re.error as e:
+        return [f"lora.targets={lo.targets!r}: bad regular expression: {e}"]
+    return problems
 
 
 def _eval_errors(config: Any) -> list[str]:

@@ -17,6 +17,7 @@ A full training config is a ``ml_collections.ConfigDict`` with these top-level k
   train           loop, logging, checkpointing, profiling (below)
   eval            the held-out evaluation: its own data split, cadence, fixed noise (below)
   distributed     multi-host initialisation (below)
+  lora            LoRA fine-tuning: rank (0 = off, full fine-tuning), alpha, targets (below)
 
 ``default_trainer_config`` returns every section except ``model`` and ``data``; the config files
 in ``configs/`` add those two.
@@ -153,6 +154,27 @@ def distributed_defaults() -> ml_collections.ConfigDict:
     )
 
 
+def lora_defaults() -> ml_collections.ConfigDict:
+    """LoRA (``m2dit_jax.train.lora``): adapters on block Dense kernels, base frozen."""
+    return ml_collections.ConfigDict(
+        dict(
+            rank=0,  # the switch: 0 = off (full fine-tuning); > 0 = LoRA of this rank
+            alpha=0.0,  # update scale alpha / rank; 0 = rank (scale 1)
+            # Comma-separated regexes searched in each block module's name "blocks/{i}/<module>",
+            # module one of attn/to_q|to_k|to_v|to_out, ff/proj_in|proj_out, norm1|norm2/linear.
+            # Default: the attention projections of every block; add FF with
+            # "...,ff/proj_in$,ff/proj_out$".
+            targets="attn/to_q$,attn/to_k$,attn/to_v$,attn/to_out$",
+            # A's init (B starts at 0) from the "lora" stream of `seed`: "kaiming_uniform"
+            # (peft's default, U(+-1/sqrt(fan_in))) or "gaussian" (N(0, 1/rank^2), peft's option).
+            init="kaiming_uniform",
+            # Storage dtype of the frozen base weights ("" = model.param_dtype; "bfloat16"
+            # halves them; the adapters, their moments and EMA stay float32).
+            base_dtype="",
+        )
+    )
+
+
 def default_trainer_config() -> ml_collections.ConfigDict:
     """Every trainer section with defaults; configs add ``model`` and ``data``."""
     config = ml_collections.ConfigDict()
@@ -166,4 +188,5 @@ def default_trainer_config() -> ml_collections.ConfigDict:
     config.train = train_defaults()
     config.eval = eval_defaults()
     config.distributed = distributed_defaults()
+    config.lora = lora_defaults()
     return config

@@ -49,6 +49,7 @@ def make_eval_loss(config: ml_collections.ConfigDict):
         num_scenes=int(config.data.num_scenes),
         p_cond=float(d.p_cond),
         target_scene=str(d.target_scene),
+        cond_mask_mode=str(d.cond_mask_mode),
     )
 
 

@@ -9,6 +9,12 @@ and ``benchmarks/train.py``, so the program they compile, measure and run is the
 
 ``program.abstract_state`` (ShapeDtypeStructs with shardings) is the restore target of a
 checkpoint and the argument of ``step.lower`` for AOT compilation.
+
+With ``config.lora.rank > 0`` the same builder makes the LoRA program (``program.lora`` is the
+``LoraSpec``): the state holds the frozen weights once under ``"base"`` and the adapters (with
+their AdamW moments and EMA) under ``"params"`` / ``"opt_state"`` / ``"ema"``; the step merges
+them inside the jit (``m2dit_jax.train.lora``). ``init_state``, ``weights_target``,
+``eval_parts`` and ``eval_view`` hide the difference from the trainer.
 """
 
 from __future__ import annotations
@@ -25,8 +31,9 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh
 
+from m2dit_jax.train import lora as lora_lib
 from m2dit_jax.train.optimizer import make_optimizer
-from m2dit_jax.train.state import ModelParts, abstract_train_state
+from m2dit_jax.train.state import ModelParts, abstract_train_state, init_train_state
 from m2dit_jax.train.step import batch_shardings, make_train_step
 
 
@@ -52,6 +59,7 @@ def make_loss(config: ml_collections.ConfigDict) -> Callable[..., Any]:
         p_cond=float(d.p_cond),
         target_scene=str(d.target_scene),
         caption_dropout=float(d.caption_dropout),
+        cond_mask_mode=str(d.get("cond_mask_mode", "mask2dit")),
     )
 
 
@@ -104,6 +112,8 @@ class TrainProgram:
     loss: Callable[..., Any]
     abstract_state: Any  # ShapeDtypeStructs with shardings
     state_shardings: Any
+    lora: lora_lib.LoraSpec | None = None
+    model_params: Any = None  # the full model's abstract params (the weights init_from fills)
 
     def step_for(self, batch_sharding: Any, *, donate: bool = True):
         """The jitted ``step(state, batch) -> (state, metrics)`` for batches sharded so."""
@@ -117,7 +127,56 @@ class TrainProgram:
             grad_accum_steps=int(self.config.optim.grad_accum_steps),
             ema_decay=float(self.config.optim.ema_decay),
             donate=donate,
+            lora=self.lora,
         )
+
+    # ---- what the trainer needs to know about LoRA (identity for full fine-tuning)
+
+    def weights_target(self) -> Any:
+        """A program-like view whose ``abstract_state["params"]`` / ``state_shardings
+        ["params"]`` are the full model's weights: what ``init_from`` loads."""
+        if self.lora is None:
+            return self
+        shardings = jax.tree.map(lambda x: x.sharding, self.model_params)
+        return dataclasses.replace(
+            self,
+            abstract_state={"params": self.model_params},
+            state_shardings={"params": shardings},
+        )
+
+    def init_state(self, params: Any, seed: int) -> dict[str, Any]:
+        """The fresh train state (step 0) around the model weights ``params`` (sharded):
+        LoRA keeps them as the frozen base and creates the adapters from the "lora" stream."""
+        if self.lora is None:
+            return init_train_state(params, self.tx, self.mesh, seed)[0]
+        abstract = self.abstract_state["params"]
+        shardings = self.state_shardings["params"]
+        adapters = jax.jit(
+            lambda: lora_lib.init_adapters(self.lora, abstract, seed), out_shardings=shardings
+        )()
+        base = jax.jit(
+            lambda p: lora_lib.cast_base(self.lora, p),
+            out_shardings=self.state_shardings["base"],
+            donate_argnums=(0,),
+        )(params)
+        return init_train_state(adapters, self.tx, self.mesh, seed, base=base)[0]
+
+    def eval_parts(self) -> Any:
+        """(parts, param shardings) for the held-out evaluation's jit."""
+        if self.lora is None:
+            return self.parts, self.state_shardings["params"]
+        sh = {"base": self.state_shardings["base"], "lora": self.state_shardings["params"]}
+        return lora_lib.LoraParts(self.parts, self.lora), sh
+
+    def eval_view(self, state: dict[str, Any]) -> dict[str, Any]:
+        """``{"params", "ema"}`` as the evaluation binds them (LoRA: each on the base)."""
+        if self.lora is None:
+            return state
+        base = state["base"]
+        return {
+            "params": {"base": base, "lora": state["params"]},
+            "ema": {"base": base, "lora": state["ema"]},
+        }
 
     def abstract_batch(self, batch_size: int | None = None) -> dict[str, jax.ShapeDtypeStruct]:
         """``batch_spec`` with the step's batch shardings attached (for ``step.lower``)."""
@@ -130,7 +189,13 @@ def build_train_program(config: ml_collections.ConfigDict, mesh: Mesh) -> TrainP
     """The train program of ``config`` on ``mesh`` (abstract: nothing is allocated)."""
     parts, params = abstract_params(config.model, mesh)
     tx, lr_schedule = make_optimizer(config.optim, int(config.train.num_steps))
-    state, shardings = abstract_train_state(params, tx, mesh)
+    spec = lora_lib.lora_spec(config)
+    if spec is None:
+        state, shardings = abstract_train_state(params, tx, mesh)
+    else:
+        adapters = lora_lib.abstract_adapters(spec, params)
+        base = lora_lib.base_abstract(spec, params)
+        state, shardings = abstract_train_state(adapters, tx, mesh, base=base)
     return TrainProgram(
         config=config,
         mesh=mesh,
@@ -140,4 +205,6 @@ def build_train_program(config: ml_collections.ConfigDict, mesh: Mesh) -> TrainP
         loss=make_loss(config),
         abstract_state=state,
         state_shardings=shardings,
+        lora=spec,
+        model_params=params,
     )

@@ -9,6 +9,11 @@
       "nonfinite": {"total", "run"} int32    skipped updates in all / in a row
     }
 
+With LoRA (``config.lora.rank > 0``, ``m2dit_jax.train.lora``) "params" / "opt_state" / "ema"
+hold the trainable adapters only and one more entry holds the frozen model weights once:
+
+      "base":      pure dict like the model   never differentiated, updated or averaged
+
 Plain nested dicts (not NNX Variables) keep checkpoints readable by any tool:
 ``state["ema"]`` restores straight into a model with ``nnx.merge(graphdef, ema, rest)``.
 """
@@ -49,15 +54,18 @@ def _replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
-def state_shardings(params: Any, tx: optax.GradientTransformation, mesh: Mesh) -> dict[str, Any]:
-    """Shardings of every state leaf: moments follow their parameter, scalars replicate."""
+def state_shardings(
+    params: Any, tx: optax.GradientTransformation, mesh: Mesh, base: Any = None
+) -> dict[str, Any]:
+    """Shardings of every state leaf: moments follow their parameter, scalars replicate;
+    ``base`` (LoRA: the frozen weights, arrays or ShapeDtypeStructs) keeps its own."""
     param_sh = jax.tree.map(lambda x: x.sharding, params)
     abstract_opt = jax.eval_shape(tx.init, params)
     rep = _replicated(mesh)
     opt_sh = optax.tree_map_params(
         tx, lambda _, s: s, abstract_opt, param_sh, transform_non_params=lambda _: rep
     )
-    return {
+    out = {
         "step": rep,
         "params": param_sh,
         "opt_state": opt_sh,
@@ -65,11 +73,14 @@ def state_shardings(params: Any, tx: optax.GradientTransformation, mesh: Mesh) -
         "rng": rep,
         "nonfinite": {"total": rep, "run": rep},
     }
+    if base is not None:
+        out["base"] = jax.tree.map(lambda x: x.sharding, base)
+    return out
 
 
 def _state_builder(tx: optax.GradientTransformation, seed: int):
-    def build(p):
-        return {
+    def build(p, base=None):
+        state = {
             "step": jnp.zeros((), jnp.int32),
             "params": p,
             "opt_state": tx.init(p),
@@ -78,30 +89,39 @@ def _state_builder(tx: optax.GradientTransformation, seed: int):
             "rng": jax.random.key_data(stream(seed, "train")),
             "nonfinite": {"total": jnp.zeros((), jnp.int32), "run": jnp.zeros((), jnp.int32)},
         }
+        if base is not None:
+            state["base"] = base
+        return state
 
     return build
 
 
 def init_train_state(
-    params: Any, tx: optax.GradientTransformation, mesh: Mesh, seed: int
+    params: Any, tx: optax.GradientTransformation, mesh: Mesh, seed: int, base: Any = None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Builds the state around already-sharded ``params``; returns (state, shardings).
+    """Builds the state around already-sharded ``params`` (LoRA: the adapters, plus the
+    frozen ``base``, which is donated into the state); returns (state, shardings).
 
     Optimizer moments and the EMA are created directly with their target shardings (jit
     with out_shardings), never as a host copy.
     """
-    shardings = state_shardings(params, tx, mesh)
-    state = jax.jit(_state_builder(tx, seed), out_shardings=shardings)(params)
+    shardings = state_shardings(params, tx, mesh, base)
+    build = _state_builder(tx, seed)
+    if base is None:
+        state = jax.jit(build, out_shardings=shardings)(params)
+    else:
+        state = jax.jit(build, out_shardings=shardings, donate_argnums=(1,))(params, base)
     return state, shardings
 
 
 def abstract_train_state(
-    abstract_params: Any, tx: optax.GradientTransformation, mesh: Mesh
+    abstract_params: Any, tx: optax.GradientTransformation, mesh: Mesh, base: Any = None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(ShapeDtypeStruct state with shardings, shardings) from ShapeDtypeStruct params that
-    carry their shardings: nothing is allocated (ahead-of-time compilation, restore targets)."""
-    shardings = state_shardings(abstract_params, tx, mesh)
-    shapes = jax.eval_shape(_state_builder(tx, 0), abstract_params)
+    carry their shardings: nothing is allocated (ahead-of-time compilation, restore targets).
+    LoRA: ``abstract_params`` are the adapters and ``base`` the frozen weights."""
+    shardings = state_shardings(abstract_params, tx, mesh, base)
+    shapes = jax.eval_shape(_state_builder(tx, 0), abstract_params, base)
     return abstract_state(shapes, shardings), shardings
 
 

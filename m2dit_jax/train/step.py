@@ -4,6 +4,11 @@
 in/out shardings and the state donated. A non-finite loss or gradient norm leaves params,
 optimizer state and EMA untouched, bumps ``nonfinite.total`` / ``nonfinite.run`` and sets
 ``metrics["skipped"]``; a finite step resets ``nonfinite.run`` to 0.
+
+With ``lora`` (a ``m2dit_jax.train.lora.LoraSpec``) ``state["params"]`` are the adapters: the
+model runs on ``lora.merge(state["base"], adapters)`` formed inside the step (every
+micro-batch), gradients, clipping, AdamW and EMA see the adapters only, and ``state["base"]``
+passes through untouched (donated, so aliased in place).
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ def make_train_step(
     grad_accum_steps: int = 1,
     ema_decay: float = 0.0,
     donate: bool = True,
+    lora: Any = None,
 ) -> Callable[[Any, dict[str, jax.Array]], tuple[Any, dict[str, jax.Array]]]:
     """Compiles one optimizer step.
 
@@ -67,36 +73,42 @@ def make_train_step(
       state_shardings / batch_sharding: explicit jit shardings.
       grad_accum_steps: micro-batches per step; gradients and metrics are averaged.
       ema_decay: EMA coefficient (0 = no EMA update).
+      lora: a ``LoraSpec``: train adapters on the frozen ``state["base"]`` (None = all params).
     """
     accum = int(grad_accum_steps)
+    if lora is not None:
+        from m2dit_jax.train.lora import merge
 
-    def grads_of(params, batch, rng):
+    def grads_of(params, batch, rng, base=None):
         def objective(p):
+            if lora is not None:
+                p = merge(base, p, lora)
             return loss_fn(parts.bind(p), batch, rng)
 
         (loss, metrics), grads = jax.value_and_grad(objective, has_aux=True)(params)
         return grads, metrics
 
     def step(state, batch):
-        base = jax.random.wrap_key_data(state["rng"])
-        step_rng = jax.random.fold_in(base, state["step"])
+        root = jax.random.wrap_key_data(state["rng"])
+        step_rng = jax.random.fold_in(root, state["step"])
         params = state["params"]
+        base = state.get("base")
         if accum == 1:
-            grads, metrics = grads_of(params, batch, step_rng)
+            grads, metrics = grads_of(params, batch, step_rng, base)
         else:
             micro = _split_microbatches(batch, accum)
 
             def body(carry, xs):
                 g_sum, m_sum = carry
                 i, mb = xs
-                g, m = grads_of(params, mb, jax.random.fold_in(step_rng, i))
+                g, m = grads_of(params, mb, jax.random.fold_in(step_rng, i), base)
                 g_sum = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), g_sum, g)
                 m_sum = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), m_sum, m)
                 return (g_sum, m_sum), None
 
             g0 = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
             first = jax.tree.map(lambda x: x[0], micro)
-            m_shape = jax.eval_shape(lambda: grads_of(params, first, step_rng)[1])
+            m_shape = jax.eval_shape(lambda: grads_of(params, first, step_rng, base)[1])
             m0 = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), m_shape)
             (g_sum, m_sum), _ = jax.lax.scan(body, (g0, m0), (jnp.arange(accum), micro))
             grads = jax.tree.map(lambda g, p: (g / accum).astype(p.dtype), g_sum, params)
@@ -121,6 +133,8 @@ def make_train_step(
                 "run": jnp.where(finite, 0, nonfinite["run"] + 1).astype(jnp.int32),
             },
         }
+        if base is not None:
+            new_state["base"] = base
         out = dict(metrics)
         out.update(
             grad_norm=grad_norm,

@@ -38,7 +38,7 @@ from m2dit_jax.train.metrics import MetricsWriter, ProgressBar, peak_tflops_per_
 from m2dit_jax.train.preemption import PreemptionGuard
 from m2dit_jax.train.profiler import StepProfiler
 from m2dit_jax.train.program import build_train_program
-from m2dit_jax.train.state import count_params, init_train_state, split_model
+from m2dit_jax.train.state import count_params, split_model
 from m2dit_jax.train.step import DEVICE_KEYS, batch_shardings
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ def _initial_state(config: ml_collections.ConfigDict, mesh, program) -> dict[str
     """A fresh train state (step 0) on the program's shardings, for a run with no checkpoint
     to resume: weights from ``init_from`` (``init_from.py``) or a random init."""
     if config.init_from:
-        params, source = load_init_params(config, mesh, program)
+        params, source = load_init_params(config, mesh, program.weights_target())
         log.info("initialised the weights from %s", source)
     else:
         from m2dit_jax.model import create_model
@@ -63,8 +63,7 @@ def _initial_state(config: ml_collections.ConfigDict, mesh, program) -> dict[str
             model = create_model(config.model, seed=int(config.seed), mesh=mesh)
         _, params = split_model(model)
         del model
-    state, _ = init_train_state(params, program.tx, mesh, int(config.seed))
-    return state
+    return program.init_state(params, int(config.seed))  # LoRA: params = the frozen base
 
 
 def _default_dataset_factory(data_config, *, seed, process_index, process_count, batch_size):
@@ -180,13 +179,19 @@ def _train(config, workdir: str, dataset_factory: DatasetFactory) -> dict[str, A
     else:
         log.info("resumed from checkpoint at step %d", restored_step)
     start_step = int(jax.device_get(state["step"]))
-    n_params = count_params(program.abstract_state["params"])
+    n_params = count_params(program.model_params)
+    if program.lora is not None:
+        log.info(
+            "LoRA rank %d (alpha %g) on %d kernels: %d trainable params over a frozen base",
+            program.lora.rank, program.lora.alpha, len(program.lora.targets),
+            count_params(program.abstract_state["params"]),
+        )  # fmt: skip
     evaluator = None
     if int(config.eval.batches) > 0:
+        eval_parts, eval_shardings = program.eval_parts()
         evaluator = Evaluator(
-            config, mesh, program.parts, program.state_shardings["params"], dataset_factory,
-            _device_batch,
-        )  # fmt: skip
+            config, mesh, eval_parts, eval_shardings, dataset_factory, _device_batch
+        )
 
     writer = MetricsWriter(workdir, tensorboard=t_cfg.tensorboard, jsonl=t_cfg.jsonl)
     if start_step == 0:
@@ -307,7 +312,7 @@ def _train(config, workdir: str, dataset_factory: DatasetFactory) -> dict[str, A
                         )
                 if evaluator is not None and eval_every and step % eval_every == 0:
                     if step != num_steps:
-                        eval_metrics = evaluator(state)
+                        eval_metrics = evaluator(program.eval_view(state))
                         writer.write(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
                 if step % int(t_cfg.checkpoint_every) == 0:
                     save(step)
@@ -332,7 +337,7 @@ def _train(config, workdir: str, dataset_factory: DatasetFactory) -> dict[str, A
         bar.close()
 
     if not preempted and evaluator is not None and step == num_steps:
-        eval_metrics = evaluator(state)
+        eval_metrics = evaluator(program.eval_view(state))
         writer.write(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
     writer.close()
     checkpointer.close()
