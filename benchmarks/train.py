@@ -66,7 +66,7 @@ def run(name: str, steps: int, dtype: str, tokens_scale: float) -> dict:
     from m2dit_jax.train.config_checks import check_config, model_layout
     from m2dit_jax.train.metrics import peak_tflops_per_device, throughput
     from m2dit_jax.train.program import build_train_program
-    from m2dit_jax.train.state import count_params, init_train_state, split_model
+    from m2dit_jax.train.state import count_params, split_model
     from m2dit_jax.train.step import batch_shardings
 
     config = bench_config(name, dtype, tokens_scale)
@@ -76,7 +76,7 @@ def run(name: str, steps: int, dtype: str, tokens_scale: float) -> dict:
     with jax.set_mesh(mesh):
         program = build_train_program(config, mesh)
         _, params = split_model(create_model(m, seed=0, mesh=mesh))
-        state, _ = init_train_state(params, program.tx, mesh, 0)
+        state = program.init_state(params, 0)
         del params
         rng = np.random.default_rng(0)
         host = {

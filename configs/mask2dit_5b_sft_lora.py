@@ -6,7 +6,7 @@ tokens/sample; bf16 compute, full remat, scanned layers, global batch 8), traine
 (``m2dit_jax/train/lora.py``): rank 64, alpha 64 on the attention q/k/v/out projections of all
 42 blocks (add FF with ``--config.lora.targets='attn/to_(q|k|v|out)$,ff/proj_(in|out)$'``),
 B = 0 and A from the "lora" random stream. The 5.57 B base weights are frozen and stored once
-in bf16 (``lora.base_dtype``); only the 42 x 4 x (3072 + 3072) x 64 = 33.0 M adapter values
+in bf16 (``lora.base_dtype``); only the 42 x 4 x (3072 + 3072) x 64 = 66.1 M adapter values
 have gradients, AdamW moments and an EMA. LoRA optimizer settings (not the release's, which
 fine-tunes everything): lr 1e-4, weight decay 1e-4 (diffusers' CogVideoX LoRA script), EMA
 0.999.

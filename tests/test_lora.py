@@ -240,3 +240,47 @@ def test_lora_init_from_diffusers_weights_becomes_the_frozen_base(tmp_path):
     _, want = split_model(source)
     for x, y in zip(jax.tree.leaves(state["base"]), jax.tree.leaves(want), strict=True):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_lora_bf16_compute_and_base_train_and_keep_the_base(tmp_path):
+    config = lora_config(num_steps=2)
+    config.eval.batches = 0
+    config.model.dtype = "bfloat16"
+    config.lora.base_dtype = "bfloat16"
+    result = train_and_evaluate(config, str(tmp_path))
+    assert np.isfinite(result["losses"]).all()
+    state = _restore_state(str(tmp_path), 2)
+    kernel = state["base"]["blocks"]["attn"]["to_q"]["kernel"]
+    assert kernel.dtype == jnp.bfloat16
+    assert state["params"]["blocks"]["attn"]["to_q"]["lora_a"].dtype == np.float32
+
+
+def test_sample_cli_applies_a_lora_file(straight, tmp_path):
+    from launch import export as export_cli
+    from launch import sample as sample_cli
+
+    workdir, _ = straight
+    export_cli.main(
+        ["--workdir", workdir, "--out", str(tmp_path / "b"), "--merge-lora", "--scale", "0"]
+    )
+    lora = export_cli.main(
+        ["--workdir", workdir, "--out", str(tmp_path / "l.safetensors"), "--lora-only"]
+    )
+    script = tmp_path / "s.yaml"
+    script.write_text("scenes:\n  - a red circle\n  - a blue square\n")
+    args = [
+        "--model",
+        str(tmp_path / "b"),
+        "--script",
+        str(script),
+        "--steps",
+        "2",
+        "--no-progress",
+    ]
+    plain = sample_cli.main(args + ["--out", str(tmp_path / "plain.gif")])
+    tuned = sample_cli.main(
+        args + ["--out", str(tmp_path / "lora.gif"), "--lora", lora["lora"], "--lora-scale", "1.0"]
+    )
+    assert os.path.isfile(tuned[0]) and os.path.isfile(plain[0])
+    with pytest.raises(SystemExit):
+        sample_cli.main(args + ["--out", str(tmp_path / "x.gif"), "--lora", str(tmp_path / "none")])

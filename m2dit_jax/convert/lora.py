@@ -315,19 +315,28 @@ def merge_lora_into_model(model, lora: str | tuple, scale: float = 1.0) -> int:
             tree = tree[k] if k in tree else tree[int(k)]
         return tree
 
-    add = jax.jit(
-        lambda w, d, i: w.at[i].set((w[i].astype(jnp.float32) + d).astype(w.dtype)),
-        donate_argnums=(0,),
-    )
-    add_all = jax.jit(lambda w, d: (w.astype(jnp.float32) + d).astype(w.dtype), donate_argnums=(0,))
+    fns: dict[tuple[str, bool], Any] = {}
+
+    def updater(key: str, w, stacked: bool):
+        """One compiled update per kernel (the layer index is traced), keeping w's sharding."""
+        if (key, stacked) not in fns:
+            sharding = getattr(w, "sharding", None)
+
+            def one(w, d, i):
+                target = w[i] if stacked else w
+                new = (target.astype(jnp.float32) + d).astype(w.dtype)
+                return w.at[i].set(new) if stacked else new
+
+            fns[key, stacked] = jax.jit(one, out_shardings=sharding, donate_argnums=(0,))
+        return fns[key, stacked]
+
     for rule, layer, d in lora_deltas(lora, config, scale):
         key, i = _flat_key(rule, layer, bool(config.scan_layers))
         path = key.split("/")
         parent = node(path)
-        leaf = path[-1]
-        w = parent[leaf]
-        d = jnp.asarray(d)
-        parent[leaf] = add_all(w, d) if i is None else add(w, d, i)
+        w = parent[path[-1]]
+        stacked = i is not None
+        parent[path[-1]] = updater(key, w, stacked)(w, jnp.asarray(d), jnp.int32(i or 0))
         count += 1
     nnx.replace_by_pure_dict(state, pure)
     nnx.update(model, state)

@@ -78,6 +78,10 @@ class LoraSpec:
     targets: tuple[LoraTarget, ...]
     init: str = "kaiming_uniform"
     base_dtype: str = ""
+    # The dtype the block Dense layers cast their kernels to (model.dtype): the merged kernel
+    # is produced in it directly, so no f32 copy of the merged stack (or of its cotangent)
+    # exists; numerically identical, the layer would cast it to this dtype anyway.
+    compute_dtype: str = ""
 
     @property
     def scale(self) -> float:
@@ -136,6 +140,7 @@ def lora_spec(config) -> LoraSpec | None:
         targets=tuple(targets),
         init=str(lora.init),
         base_dtype=str(lora.base_dtype),
+        compute_dtype=str(config.model.dtype),
     )
 
 
@@ -234,14 +239,16 @@ def delta(target: LoraTarget, a: jax.Array, b: jax.Array, kernel_shape: tuple[in
 
 def merge(base: Any, adapters: Any, spec: LoraSpec, scale: float = 1.0) -> Any:
     """Params with every targeted kernel replaced by ``W + scale * (alpha/r) * a @ b``
-    (summed in f32, stored in W's dtype); other leaves are the base's own arrays."""
+    (summed in f32, stored in ``spec.compute_dtype``, else W's dtype); other leaves are the
+    base's own arrays."""
     out = _copy_dicts(base)
     s = float(scale) * spec.scale
     for t in spec.targets:
         w = _get(base, t.kernel_path())
         ad = _get(adapters, t.adapter_path())
         d = delta(t, ad["lora_a"], ad["lora_b"], w.shape)
-        _set(out, t.kernel_path(), (w.astype(jnp.float32) + s * d).astype(w.dtype))
+        dtype = jnp.dtype(spec.compute_dtype) if spec.compute_dtype else w.dtype
+        _set(out, t.kernel_path(), (w.astype(jnp.float32) + s * d).astype(dtype))
     return out
 
 
