@@ -86,7 +86,7 @@ def test_load_onto_mesh_and_into_an_existing_model(saved):
     mesh = make_mesh({"fsdp": 4, "tensor": 2})
     on_mesh = load_diffusers_transformer(folder, mesh=mesh, scan_layers=True)
     kernel = on_mesh.blocks.ff.proj_in.kernel.get_value()
-    assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
+    assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, ("fsdp", "context"), "tensor")
     assert kernel.addressable_shards[0].data.shape == (2, 8, 64)
     # the trainer's path: fill a mesh-born model in place, keeping its shardings
     target = create_model(model.config, seed=99, mesh=mesh)

@@ -14,6 +14,8 @@ from m2dit_jax.model import Mask2DiT, create_model, get_model_config, param_shar
 from m2dit_jax.model.flops import param_count, train_flops_per_sample
 from m2dit_jax.sharding import logical_to_mesh_axes, make_mesh
 
+FSDP_CONTEXT = ("fsdp", "context")  # the default rule for the params' embed axis
+
 forward = nnx.jit(Mask2DiT.__call__, static_argnames="num_scenes")
 S, F, H, W = 3, 2, 8, 12
 
@@ -189,7 +191,8 @@ def test_create_model_on_mesh_shards_params_and_matches_single_device():
         assert other.get_value().sharding.spec == want, key
         np.testing.assert_array_equal(np.asarray(other.get_value()), np.asarray(var.get_value()))
     q = flat_sharded[("blocks", "attn", "to_q", "kernel")].get_value()
-    assert q.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor", None)
+    # embed is sharded over fsdp x context (context is 1 here): params take 1/(fsdp*context)
+    assert q.sharding.spec == jax.sharding.PartitionSpec(None, FSDP_CONTEXT, "tensor", None)
     assert q.addressable_shards[0].data.shape == (2, 16, 1, 16)  # never a full copy per device
     # param_shardings agrees with what create_model produced
     shardings = dict(nnx.to_flat_state(param_shardings(nnx.state(single, nnx.Param), mesh)))
@@ -250,6 +253,6 @@ def test_params_that_do_not_divide_the_mesh_are_replicated_on_that_axis():
         born = create_model(cfg, mesh=mesh)  # jitted out_shardings path
     for model in (direct, born):
         q = model.blocks.attn.to_q.kernel.get_value()
-        assert q.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", None, None)
+        assert q.sharding.spec == jax.sharding.PartitionSpec(None, FSDP_CONTEXT, None, None)
         ff = model.blocks.ff.proj_in.kernel.get_value()  # 128 mlp units do split 4 ways
-        assert ff.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
+        assert ff.sharding.spec == jax.sharding.PartitionSpec(None, FSDP_CONTEXT, "tensor")
