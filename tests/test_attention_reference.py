@@ -4,19 +4,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from attention_helpers import numpy_masked_attention
 
 from m2dit_jax.attention import masked_attention
 from m2dit_jax.layout import SceneLayout
-
-
-def numpy_masked_attention(q, k, v, mask):
-    q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
-    logits = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(q.shape[-1])
-    logits = np.where(mask[None, None], logits, -np.inf)
-    logits -= logits.max(-1, keepdims=True)
-    w = np.exp(logits)
-    w /= w.sum(-1, keepdims=True)
-    return np.einsum("bhqk,bkhd->bqhd", w, v)
 
 
 @pytest.mark.parametrize(

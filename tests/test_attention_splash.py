@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from attention_helpers import fixed_cotangent_loss, random_qkv
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
@@ -30,22 +31,6 @@ small_layouts = st.builds(
 )
 
 
-def _qkv(layout, batch=2, heads=2, head_dim=8, dtype=jnp.float32, seed=0):
-    rng = np.random.default_rng(seed)
-    shape = (batch, layout.seq_len, heads, head_dim)
-    return tuple(jnp.asarray(rng.standard_normal(shape), dtype) for _ in range(3))
-
-
-def _loss(fn):
-    # A fixed random cotangent per output element.
-    def loss(q, k, v):
-        out = fn(q, k, v).astype(jnp.float32)
-        weights = jax.random.normal(jax.random.key(7), out.shape, jnp.float32)
-        return (out * weights).sum()
-
-    return loss
-
-
 def _assert_matches_xla(layout, q, k, v, tol, backend="splash", **opts):
     if backend == "splash":
         opts.setdefault("interpret", True)
@@ -56,8 +41,8 @@ def _assert_matches_xla(layout, q, k, v, tol, backend="splash", **opts):
     np.testing.assert_allclose(
         np.asarray(out, np.float32), np.asarray(ref(q, k, v), np.float32), atol=tol, rtol=tol
     )
-    grads = jax.jit(jax.grad(_loss(fn), argnums=(0, 1, 2)))(q, k, v)
-    ref_grads = jax.grad(_loss(ref), argnums=(0, 1, 2))(q, k, v)
+    grads = jax.jit(jax.grad(fixed_cotangent_loss(fn), argnums=(0, 1, 2)))(q, k, v)
+    ref_grads = jax.grad(fixed_cotangent_loss(ref), argnums=(0, 1, 2))(q, k, v)
     for name, a, b in zip("qkv", grads, ref_grads):
         a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
         scale = max(1.0, float(np.abs(b).max()))
@@ -67,7 +52,7 @@ def _assert_matches_xla(layout, q, k, v, tol, backend="splash", **opts):
 @settings(max_examples=4, deadline=None, phases=NO_SHRINK)
 @given(layout=small_layouts, batch=st.integers(1, 2))
 def test_splash_matches_xla_random_layouts(layout, batch):
-    q, k, v = _qkv(layout, batch)
+    q, k, v = random_qkv(layout, batch)
     _assert_matches_xla(layout, q, k, v, F32_TOL, block_q=128, block_kv=128)
 
 
@@ -77,35 +62,37 @@ def test_splash_multi_block_with_skipped_blocks_and_caption_226():
     layout = SceneLayout(3, 226, 2, 4, 6, text_pad_to=8)
     stats = block_statistics(layout, 128, 128)
     assert stats["empty"] > 0 and stats["partial"] > 0 and stats["full"] > 0
-    q, k, v = _qkv(layout, batch=1, heads=1, seed=1)
+    q, k, v = random_qkv(layout, batch=1, heads=1, seed=1)
     _assert_matches_xla(layout, q, k, v, F32_TOL, block_q=128, block_kv=128)
 
 
 @pytest.mark.parametrize("mode", ["independent", "full"])
 def test_splash_ablation_mask_modes(mode):
     layout = SceneLayout(2, 5, 2, 3, 4, text_pad_to=8, mask_mode=mode)
-    q, k, v = _qkv(layout, batch=1, seed=2)
+    q, k, v = random_qkv(layout, batch=1, seed=2)
     _assert_matches_xla(layout, q, k, v, F32_TOL)
 
 
 def test_splash_bf16_inputs():
     layout = SceneLayout(3, 7, 2, 3, 2, text_pad_to=8)
-    q, k, v = _qkv(layout, dtype=jnp.bfloat16, seed=3)
+    q, k, v = random_qkv(layout, dtype=jnp.bfloat16, seed=3)
     _assert_matches_xla(layout, q, k, v, BF16_TOL)
 
 
 def test_splash_under_data_context_tensor_mesh():
     layout = SceneLayout(2, 5, 2, 2, 4, text_pad_to=8)  # L = 48
-    q, k, v = _qkv(layout, heads=8, seed=4)
+    q, k, v = random_qkv(layout, heads=8, seed=4)
     ref = masked_attention(q, k, v, layout)
-    ref_grads = jax.grad(_loss(lambda *a: masked_attention(*a, layout)), argnums=(0, 1, 2))(q, k, v)
+    ref_grads = jax.grad(
+        fixed_cotangent_loss(lambda *a: masked_attention(*a, layout)), argnums=(0, 1, 2)
+    )(q, k, v)
     mesh = make_mesh({"data": 2, "context": 2, "tensor": 2})
     fn = lambda q, k, v: masked_attention(q, k, v, layout, backend="splash", interpret=True)
     with jax.set_mesh(mesh):
         sharding = named_sharding(mesh, ("batch", "seq", "heads", "head_dim"))
         qs, ks, vs = (jax.device_put(x, sharding) for x in (q, k, v))
         out = jax.jit(fn)(qs, ks, vs)
-        grads = jax.jit(jax.grad(_loss(fn), argnums=(0, 1, 2)))(qs, ks, vs)
+        grads = jax.jit(jax.grad(fixed_cotangent_loss(fn), argnums=(0, 1, 2)))(qs, ks, vs)
     np.testing.assert_allclose(out, ref, atol=F32_TOL, rtol=F32_TOL)
     for a, b in zip(grads, ref_grads):
         np.testing.assert_allclose(a, b, atol=F32_TOL * max(1.0, float(np.abs(b).max())))
@@ -124,7 +111,7 @@ def test_scene_mask_is_mask1_and_hashable():
 
 def test_splash_off_tpu_refuses_unless_interpret_is_explicit():
     layout = SceneLayout(2, 5, 1, 2, 2, text_pad_to=8)
-    q, k, v = _qkv(layout)
+    q, k, v = random_qkv(layout)
     for opts in ({}, {"interpret": False}):
         with pytest.raises(ValueError, match="interpret=True"):
             masked_attention(q, k, v, layout, backend="splash", **opts)
@@ -144,7 +131,7 @@ def test_auto_backend_choice_and_result():
     assert choose_backend(big, "cpu") == "split"
     assert choose_backend(small, "gpu") == "split"
     assert choose_backend(small, "tpu") == "splash"
-    q, k, v = _qkv(small)
+    q, k, v = random_qkv(small)
     out = masked_attention(q, k, v, small, backend="auto", block_q=128, impl="chunked")
     np.testing.assert_allclose(out, masked_attention(q, k, v, small), atol=F32_TOL)
     with pytest.raises(ValueError, match="unknown attention options"):

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from attention_helpers import fixed_cotangent_loss, random_qkv
 from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
@@ -31,22 +32,6 @@ layouts = st.builds(
 )
 
 
-def _qkv(layout, batch, heads=2, head_dim=8, dtype=jnp.float32, seed=0):
-    rng = np.random.default_rng(seed)
-    shape = (batch, layout.seq_len, heads, head_dim)
-    return tuple(jnp.asarray(rng.standard_normal(shape), dtype) for _ in range(3))
-
-
-def _loss(fn):
-    # A fixed random cotangent per output element (a cubic loss amplified f32 round-off).
-    def loss(q, k, v):
-        out = fn(q, k, v).astype(jnp.float32)
-        weights = jax.random.normal(jax.random.key(7), out.shape, jnp.float32)
-        return (out * weights).sum()
-
-    return loss
-
-
 def _assert_matches_xla(layout, q, k, v, tol, **opts):
     split = lambda q, k, v: masked_attention(q, k, v, layout, backend="split", **opts)
     ref = lambda q, k, v: masked_attention(q, k, v, layout, backend="xla")
@@ -55,8 +40,8 @@ def _assert_matches_xla(layout, q, k, v, tol, **opts):
     np.testing.assert_allclose(
         np.asarray(out, np.float32), np.asarray(ref(q, k, v), np.float32), atol=tol, rtol=tol
     )
-    g_split = jax.jit(jax.grad(_loss(split), argnums=(0, 1, 2)))(q, k, v)
-    g_ref = jax.grad(_loss(ref), argnums=(0, 1, 2))(q, k, v)
+    g_split = jax.jit(jax.grad(fixed_cotangent_loss(split), argnums=(0, 1, 2)))(q, k, v)
+    g_ref = jax.grad(fixed_cotangent_loss(ref), argnums=(0, 1, 2))(q, k, v)
     for name, a, b in zip("qkv", g_split, g_ref):
         a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
         scale = max(1.0, float(np.abs(b).max()))
@@ -66,7 +51,7 @@ def _assert_matches_xla(layout, q, k, v, tol, **opts):
 @settings(max_examples=5, deadline=None, phases=NO_SHRINK)
 @given(layout=layouts, batch=st.integers(1, 2), impl=st.sampled_from(["chunked", "xla"]))
 def test_split_matches_xla_random_layouts(layout, batch, impl):
-    q, k, v = _qkv(layout, batch)
+    q, k, v = random_qkv(layout, batch)
     _assert_matches_xla(layout, q, k, v, F32_TOL, impl=impl, block_q=64, block_kv=48)
 
 
@@ -82,19 +67,19 @@ def test_split_matches_xla_random_layouts(layout, batch, impl):
 )
 def test_split_every_mask_mode_and_impl(mode, impl):
     layout = SceneLayout(3, 5, 2, 2, 3, text_pad_to=4, mask_mode=mode)
-    q, k, v = _qkv(layout, batch=2, seed=1)
+    q, k, v = random_qkv(layout, batch=2, seed=1)
     _assert_matches_xla(layout, q, k, v, F32_TOL, impl=impl, block_q=8, block_kv=16)
 
 
 def test_split_bf16_inputs():
     layout = SceneLayout(3, 7, 2, 3, 2, text_pad_to=4)
-    q, k, v = _qkv(layout, batch=2, dtype=jnp.bfloat16, seed=2)
+    q, k, v = random_qkv(layout, batch=2, dtype=jnp.bfloat16, seed=2)
     _assert_matches_xla(layout, q, k, v, BF16_TOL, impl="chunked", block_q=16, block_kv=16)
 
 
 def test_split_rejects_unknown_impl():
     layout = SceneLayout(2, 3, 1, 2, 2)
-    q, k, v = _qkv(layout, batch=1)
+    q, k, v = random_qkv(layout, batch=1)
     with pytest.raises(ValueError, match="impl must be one of"):
         masked_attention(q, k, v, layout, backend="split", impl="flash")
     with pytest.raises(ValueError, match="block sizes must be positive"):

@@ -138,7 +138,7 @@ def test_params_format_and_cli(saved, tmp_path):
     sharded = load_params(params, mesh=mesh)
     q = sharded.blocks[0].attn.to_q.kernel.get_value()
     # 2 heads cannot split 4 ways: that axis falls back to replication
-    assert q.sharding.spec == jax.sharding.PartitionSpec("fsdp", None, None)
+    assert q.sharding.spec == jax.sharding.PartitionSpec(("fsdp", "context"), None, None)
     _assert_same_params(model, sharded)
     out = str(tmp_path / "exported")
     summary = convert_cli.main(["to-diffusers", "--params", params, "--out", out, "--bf16"])

@@ -74,7 +74,7 @@ def test_the_whole_run_is_under_the_configs_logical_rules(tmp_path):
 
     config = tiny_config(num_steps=2, checkpoint_every=100)
     config.mesh.update(dict(fsdp=2, num_devices=2))
-    config.mesh.logical_rules = "embed=fsdp+context"
+    config.mesh.logical_rules = "embed=fsdp"  # the state replicated over context (old default)
     result = train_and_evaluate(config, str(tmp_path), dataset_factory=factory)
-    assert seen == [("fsdp", "context")] and len(result["losses"]) == 2
-    assert dict(current_rules())["embed"] == "fsdp"  # restored after the run
+    assert seen == ["fsdp"] and len(result["losses"]) == 2
+    assert dict(current_rules())["embed"] == ("fsdp", "context")  # the default, restored

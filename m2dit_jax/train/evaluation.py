@@ -10,7 +10,6 @@ numbers of different runs and different steps are comparable.
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import jax
@@ -19,7 +18,7 @@ import ml_collections
 
 from m2dit_jax.rng import stream
 from m2dit_jax.train import distributed
-from m2dit_jax.train.program import make_schedule
+from m2dit_jax.train.program import make_loss
 from m2dit_jax.train.step import batch_shardings
 
 
@@ -36,21 +35,6 @@ def eval_data_config(config: ml_collections.ConfigDict) -> ml_collections.Config
     if "synthetic_split" in data:
         data.synthetic_split = e.synthetic_split
     return data
-
-
-def make_eval_loss(config: ml_collections.ConfigDict):
-    """``loss(model, batch, key) -> (loss, metrics)``: the deterministic held-out loss."""
-    from m2dit_jax.diffusion import eval_loss_fn
-
-    d = config.diffusion
-    return functools.partial(
-        eval_loss_fn,
-        schedule=make_schedule(config),
-        num_scenes=int(config.data.num_scenes),
-        p_cond=float(d.p_cond),
-        target_scene=str(d.target_scene),
-        cond_mask_mode=str(d.cond_mask_mode),
-    )
 
 
 class Evaluator:
@@ -72,7 +56,7 @@ class Evaluator:
         close = getattr(dataset, "close", None)
         if callable(close):
             close()
-        loss = make_eval_loss(config)
+        loss = make_loss(config, held_out=True)
         root = stream(int(e.seed), "eval")
 
         def eval_loss(params, batch, i):

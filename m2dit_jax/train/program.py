@@ -47,20 +47,23 @@ def make_schedule(config: ml_collections.ConfigDict):
     )
 
 
-def make_loss(config: ml_collections.ConfigDict) -> Callable[..., Any]:
-    """``loss(model, batch, rng) -> (loss, metrics)`` from the ``diffusion`` section."""
-    from m2dit_jax.diffusion import loss_fn
+def make_loss(config: ml_collections.ConfigDict, *, held_out: bool = False) -> Callable[..., Any]:
+    """``loss(model, batch, rng) -> (loss, metrics)`` from the ``diffusion`` section; with
+    ``held_out`` the deterministic evaluation loss (``eval_loss_fn``: fixed timesteps, noise
+    from the key, no caption dropout)."""
+    from m2dit_jax.diffusion import eval_loss_fn, loss_fn
 
     d = config.diffusion
-    return functools.partial(
-        loss_fn,
+    options = dict(
         schedule=make_schedule(config),
         num_scenes=int(config.data.num_scenes),
         p_cond=float(d.p_cond),
         target_scene=str(d.target_scene),
-        caption_dropout=float(d.caption_dropout),
         cond_mask_mode=str(d.get("cond_mask_mode", "mask2dit")),
     )
+    if held_out:
+        return functools.partial(eval_loss_fn, **options)
+    return functools.partial(loss_fn, caption_dropout=float(d.caption_dropout), **options)
 
 
 def abstract_params(model_config: ml_collections.ConfigDict, mesh: Mesh):
