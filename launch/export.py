@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import warnings
 from typing import Any
 
 import numpy as np
@@ -244,15 +245,23 @@ def _scene_geometry(data: dict[str, Any], model: dict[str, Any], ratio: int) -> 
         "height": int(model["sample_height"]) * ratio,
         "width": int(model["sample_width"]) * ratio,
     }
-    try:
-        from m2dit_jax.data.latents_format import expand_shard_paths, read_latent_shard
+    from m2dit_jax.data.latents_format import expand_shard_paths, read_latent_shard
 
+    try:
         record = next(read_latent_shard(expand_shard_paths(data["path"])[0]))
-        for key in geometry:
-            if isinstance(record.meta.get(key), int) and record.meta[key] > 0:
-                geometry[key] = int(record.meta[key])
-    except Exception:  # noqa: BLE001 - shards moved or unreadable: the model grid stands
-        pass
+    except (OSError, ValueError, KeyError, IndexError, StopIteration) as e:
+        # Said, not silent: m2dit.json then states the model's sample grid.
+        warnings.warn(
+            f"cannot read the run's latents shards ({data.get('path')!r}: "
+            f"{type(e).__name__}: {e}); m2dit.json gets the model's sample grid "
+            f"{geometry} — pass --frames/--height/--width to launch.sample if that is wrong",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return geometry
+    for key in geometry:
+        if isinstance(record.meta.get(key), int) and record.meta[key] > 0:
+            geometry[key] = int(record.meta[key])
     return geometry
 
 

@@ -91,3 +91,17 @@ def test_the_cli_exits_4_on_a_mismatch_and_says_why(trained, tmp_path):
 def test_a_url_workdir_is_refused_with_the_fix():
     with pytest.raises(ValueError, match="URL workdirs are not supported.*mount"):
         train_and_evaluate(tiny_config(num_steps=1), "gs://bucket/runs/x")
+
+
+def test_an_error_that_is_not_about_the_files_propagates_and_moves_nothing(trained, monkeypatch):
+    from m2dit_jax.train.checkpointing import Checkpointer
+
+    def broken(self, step, target, data_iterator):
+        raise TypeError("a bug, not a broken checkpoint")
+
+    monkeypatch.setattr(Checkpointer, "restore", broken)
+    before = _listing(trained)
+    with pytest.raises(TypeError, match="a bug"):
+        train_and_evaluate(tiny_config(num_steps=4), trained)
+    assert _listing(trained) == before
+    assert not os.path.exists(os.path.join(trained, "checkpoints_unrestorable"))

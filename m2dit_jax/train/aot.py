@@ -491,7 +491,10 @@ def search(
     for cand in candidates:
         try:
             report = compile_for_topology(cand, topo, num_slices=num_slices, devices=devices)
-        except Exception as e:  # one layout the compiler rejects must not end the search
+        except LibtpuMissing:
+            raise
+        except (ValueError, RuntimeError) as e:  # XlaRuntimeError / config errors: the row
+            # shows the layout as not fitting with the compiler's message; the search goes on
             m = cand.mesh
             report = {
                 "topology": topo.name,

@@ -31,6 +31,22 @@ import orbax.checkpoint as ocp
 log = logging.getLogger(__name__)
 
 
+# What a missing / truncated / corrupt checkpoint raises (orbax, tensorstore, grain), possibly
+# wrapped by orbax in a plain Exception. Anything else (out of memory, a bug) propagates: it
+# says nothing about the checkpoint's files.
+UNREADABLE = (OSError, ValueError, KeyError, EOFError)
+
+
+def _unreadable(error: BaseException) -> bool:
+    """True when ``error`` or one of its causes is a file / decode error (``UNREADABLE``)."""
+    seen = 0
+    while error is not None and seen < 10:
+        if isinstance(error, UNREADABLE):
+            return True
+        error, seen = error.__cause__ or error.__context__, seen + 1
+    return False
+
+
 class CheckpointMismatch(ValueError):
     """A checkpoint's tree structure, shapes or dtypes differ from the current train state."""
 
@@ -217,7 +233,9 @@ class Checkpointer:
         for step in reversed(steps):
             try:
                 meta = self.state_metadata(step)
-            except Exception as e:  # noqa: BLE001 - unreadable metadata: a broken checkpoint
+            except Exception as e:  # noqa: BLE001 - classified: only file errors count
+                if not _unreadable(e):
+                    raise
                 meta, reason = None, _reason(e)
             else:
                 reason = ""
@@ -240,7 +258,9 @@ class Checkpointer:
                             step,
                             args=ocp.args.Composite(data=grain_ckpt.CheckpointRestore(snapshot)),
                         )
-                except Exception as e:  # noqa: BLE001 - files missing or truncated
+                except Exception as e:  # noqa: BLE001 - classified: only file errors count
+                    if not _unreadable(e):
+                        raise
                     reason = _reason(e)
             if not _everywhere(not reason):
                 message = (
