@@ -161,6 +161,7 @@ def export_lora_only(
         rank=rank,
         alpha=float(lora.get("alpha") or rank),
         dtype="bfloat16" if bf16 else "float32",
+        dropout=float(lora.get("dropout", 0.0)),
     )
     return {
         "lora": path,
@@ -443,7 +444,12 @@ def export(
         encoders=encoders,
         video=video,
         weights_dtype="bfloat16" if bf16 else "float32",
-        source={"workdir": os.path.abspath(workdir), "step": step, "weights": weights},
+        source={
+            "workdir": os.path.abspath(workdir),
+            "step": step,
+            "weights": weights,
+            "cond_mask_mode": diffusion.get("cond_mask_mode", "mask2dit"),
+        },
         schedule=schedule,
     )
     summary = {

@@ -34,6 +34,7 @@ STREAM_NAMES = (
     "condition_posterior",  # release-style extension: the VAE posterior sample of conditions
     "condition_noise",  # release-style extension: add_noise at t = 0 on the conditions
     "lora",  # LoRA adapter initialisation (target j folds in j)
+    "lora_dropout",  # LoRA dropout masks of a step / micro-batch (module, then layer fold in)
 )
 
 

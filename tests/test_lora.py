@@ -107,7 +107,7 @@ def test_lora_sharded_accumulated_context_parallel_step_matches_one_device():
     shapes = build_train_program(config, make_mesh({"fsdp": 1}, jax.devices()[:1]))
     batch = {
         k: (
-            rng.standard_normal(v.shape) if v.dtype != jnp.bool_ else np.zeros(v.shape, bool)
+            rng.standard_normal(v.shape) if v.dtype != jnp.bool_ else np.ones(v.shape, bool)
         ).astype(v.dtype)
         for k, v in shapes.abstract_batch().items()
     }
@@ -124,6 +124,7 @@ def test_lora_sharded_accumulated_context_parallel_step_matches_one_device():
     kernel = tuple(kernel) + (None,) * (4 - len(kernel))
     assert tuple(a_sh) == kernel[:2] + (None,) and tuple(b_sh) == (kernel[0], None) + kernel[2:]
     assert any(ax is not None for ax in kernel)  # the adapters really are sharded
+    assert float(one[3]["loss"]) > 0 and float(one[3]["grad_norm"]) > 0  # cond: all generated
     np.testing.assert_allclose(float(one[3]["loss"]), float(eight[3]["loss"]), rtol=1e-5)
     for x, y in zip(
         jax.tree.leaves(one[2]["params"]), jax.tree.leaves(eight[2]["params"]), strict=True

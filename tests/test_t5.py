@@ -13,6 +13,7 @@ from m2dit_jax.encoders.t5 import (
     T5TextEncoder,
     load_t5_encoder,
     relative_position_buckets,
+    save_t5_encoder,
 )
 from m2dit_jax.encoders.tokenizer import T5Tokenizer
 
@@ -169,3 +170,40 @@ def dataclass_dict(cfg):
     import dataclasses
 
     return dataclasses.asdict(cfg)
+
+
+def test_loading_streams_tensors_and_checks_every_shape_before_assigning(tmp_path, monkeypatch):
+    from safetensors.numpy import save_file
+
+    from m2dit_jax.encoders import weights_io
+
+    cfg = T5Config(vocab_size=50, d_model=16, d_kv=4, d_ff=24, num_layers=1, num_heads=4)
+    folder = tmp_path / "text_encoder"
+    save_t5_encoder(T5Encoder(cfg, seed=3), folder)
+    reads: list[str] = []
+    real_get = weights_io.SafetensorsFolder.__getitem__
+
+    def counting_get(self, key):
+        reads.append(key)
+        return real_get(self, key)
+
+    monkeypatch.setattr(weights_io.SafetensorsFolder, "__getitem__", counting_get)
+    loaded = load_t5_encoder(folder)
+    lazy = weights_io.SafetensorsFolder(folder)
+    assert sorted(reads) == sorted(lazy) and len(reads) == len(set(reads))  # each read once
+    ids = jnp.arange(10).reshape(2, 5) % 50
+    np.testing.assert_array_equal(np.asarray(loaded(ids)), np.asarray(T5Encoder(cfg, seed=3)(ids)))
+    assert lazy.shape("shared.weight") == (50, 16)
+
+    # a wrong shape anywhere: the error comes before any tensor is read or assigned
+    bad = {k: np.asarray(lazy[k]) for k in lazy}
+    bad["encoder.final_layer_norm.weight"] = np.zeros((17,), np.float32)
+    save_file(bad, str(folder / "model.safetensors"))
+    reads.clear()
+    with pytest.raises(ValueError, match=r"final_layer_norm.weight: checkpoint shape \(17,\)"):
+        load_t5_encoder(folder)
+    assert reads == []
+    # the same tensor in two shards is refused, naming both files
+    save_file({"shared.weight": bad["shared.weight"]}, str(folder / "extra.safetensors"))
+    with pytest.raises(ValueError, match=r"'shared.weight' is in both .*extra.safetensors"):
+        weights_io.SafetensorsFolder(folder)

@@ -132,6 +132,7 @@ def lora_state_dict(
     rank: int,
     alpha: float,
     dtype: str = "float32",
+    dropout: float = 0.0,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """(tensors, peft metadata) of our adapters (flat ``{".../attn/to_q/lora_a": array}``,
     scanned ``(L, ...)`` or per block) in diffusers' layout; ``alpha / rank`` baked into B."""
@@ -169,7 +170,7 @@ def lora_state_dict(
         f"{PREFIX}.r": int(rank),
         f"{PREFIX}.lora_alpha": int(rank),  # alpha / r already in lora_B: scale 1
         f"{PREFIX}.target_modules": sorted(targets),
-        f"{PREFIX}.lora_dropout": 0.0,
+        f"{PREFIX}.lora_dropout": float(dropout),  # what training used (no effect at inference)
         f"{PREFIX}.bias": "none",
     }
     return tensors, metadata
@@ -183,11 +184,14 @@ def export_lora(
     rank: int,
     alpha: float,
     dtype: str = "float32",
+    dropout: float = 0.0,
 ) -> str:
     """Writes ``out`` (a .safetensors path, or a folder -> ``OUT/pytorch_lora_weights.
     safetensors``); returns the file path."""
     path = out if out.endswith(".safetensors") else os.path.join(out, WEIGHT_NAME)
-    tensors, metadata = lora_state_dict(adapters, config, rank=rank, alpha=alpha, dtype=dtype)
+    tensors, metadata = lora_state_dict(
+        adapters, config, rank=rank, alpha=alpha, dtype=dtype, dropout=dropout
+    )
     write_lora_file(path, tensors, metadata)
     return path
 

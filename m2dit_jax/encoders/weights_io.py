@@ -50,16 +50,55 @@ def safetensors_files(folder: str | os.PathLike) -> list[str]:
     return paths
 
 
-def load_safetensors(folder: str | os.PathLike) -> dict[str, np.ndarray]:
-    """All tensors of a model folder as numpy arrays (bf16 stays ml_dtypes.bfloat16)."""
-    from safetensors import safe_open
+class SafetensorsFolder(Mapping):
+    """The tensors of a model folder, read one at a time on access (memory-mapped files).
 
-    tensors: dict[str, np.ndarray] = {}
-    for path in safetensors_files(folder):
-        with safe_open(path, framework="numpy") as f:
-            for key in f.keys():
-                tensors[key] = f.get_tensor(key)
-    return tensors
+    ``folder[key]`` reads that tensor only (numpy; bf16 stays ml_dtypes.bfloat16);
+    ``shape(key)`` comes from the header without reading data. Loading a module through this
+    mapping keeps the host peak at the module plus one tensor, not twice the checkpoint.
+    Duplicate keys across shards are an error naming both files.
+    """
+
+    def __init__(self, folder: str | os.PathLike):
+        from safetensors import safe_open
+
+        self.folder = os.fspath(folder)
+        self._files = []
+        self._where: dict[str, int] = {}
+        for path in safetensors_files(self.folder):
+            handle = safe_open(path, framework="numpy")
+            for key in handle.keys():
+                if key in self._where:
+                    first = self._files[self._where[key]][0]
+                    raise ValueError(f"tensor {key!r} is in both {first!r} and {path!r}")
+                self._where[key] = len(self._files)
+            self._files.append((path, handle))
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        return self._files[self._where[key]][1].get_tensor(key)
+
+    def __iter__(self):
+        return iter(self._where)
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self._files[self._where[key]][1].get_slice(key).get_shape())
+
+
+def load_safetensors(folder: str | os.PathLike) -> SafetensorsFolder:
+    """The tensors of a model folder (one file or a sharded checkpoint), read lazily."""
+    return SafetensorsFolder(folder)
+
+
+def _jax_layout_shape(shape: tuple[int, ...], *, is_embedding: bool) -> tuple[int, ...]:
+    """The shape ``torch_to_jax_layout`` gives a tensor of ``shape``."""
+    if len(shape) >= 3:
+        return tuple(shape[2:]) + (shape[1], shape[0])
+    if len(shape) == 2 and not is_embedding:
+        return (shape[1], shape[0])
+    return tuple(shape)
 
 
 def torch_to_jax_layout(value: np.ndarray, *, is_embedding: bool = False) -> np.ndarray:
@@ -97,34 +136,37 @@ def assign_torch_state(
     Raises ValueError naming missing keys, unexpected keys and shape mismatches.
     """
     params = param_names(module)
-    renamed: dict[str, np.ndarray] = {}
+    keys: dict[str, str] = {}  # module name -> checkpoint key (no tensor read yet)
     unexpected = []
-    for key, value in tensors.items():
+    for key in tensors:
         name = rename(key)
         if name is None:
             continue
         if name in params:
-            renamed[name] = value
+            keys[name] = key
         else:
             unexpected.append(key)
-    missing = sorted(set(params) - set(renamed))
+    missing = sorted(set(params) - set(keys))
     problems = []
     if missing:
         problems.append(f"missing keys {missing}")
     if unexpected:
         problems.append(f"unexpected keys {sorted(unexpected)}")
-    converted = {}
-    for name, value in renamed.items():
-        value = torch_to_jax_layout(np.asarray(value), is_embedding=is_embedding(name))
+    for name, key in keys.items():  # every shape checked before anything is assigned
+        shape = (
+            tensors.shape(key) if isinstance(tensors, SafetensorsFolder) else np.shape(tensors[key])
+        )
+        got = _jax_layout_shape(tuple(shape), is_embedding=is_embedding(name))
         want = tuple(params[name].shape)
-        if tuple(value.shape) != want:
-            problems.append(f"{name}: checkpoint shape {value.shape} (converted) != model {want}")
-        converted[name] = value
+        if got != want:
+            problems.append(f"{name}: checkpoint shape {got} (converted) != model {want}")
     if problems:
         raise ValueError(f"{what} checkpoint does not match the model: " + "; ".join(problems))
-    for name, value in converted.items():
+    for name, key in keys.items():  # one tensor in host memory at a time
+        value = torch_to_jax_layout(np.asarray(tensors[key]), is_embedding=is_embedding(name))
         # set_value (not [...] =) also fills abstract placeholders built with seed=None.
         params[name].set_value(jnp.asarray(value.astype(np.float32), dtype=param_dtype))
+        del value
 
 
 def jax_to_torch_layout(value: np.ndarray, *, is_embedding: bool = False) -> np.ndarray:

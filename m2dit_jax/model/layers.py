@@ -85,6 +85,8 @@ class Dense(nnx.Module):
 
     kernel: in_shape + out_shape (logical names ``in_names + out_names``), bias: out_shape.
     Computation runs in ``dtype`` (parameters are cast), accumulation as XLA chooses.
+    An ``adapter`` attribute (a ``LoraBranch``, attached by LoRA training with dropout, see
+    ``m2dit_jax.train.lora``) adds its output; models are built without one.
     """
 
     def __init__(
@@ -131,7 +133,55 @@ class Dense(nnx.Module):
         y = jax.lax.dot_general(x.astype(self.dtype), kernel, (contract, ((), ())))
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
+        adapter = getattr(self, "adapter", None)
+        if adapter is not None:
+            y = y + adapter(x).astype(y.dtype)
         return y
+
+
+class LoraKey(nnx.Variable):
+    """Raw PRNG key data (uint32) of one LoRA branch's dropout (stacked per layer)."""
+
+
+class LoraBranch(nnx.Module):
+    """The unmerged LoRA branch of a Dense: ``scale * (dropout(x) . a) . b`` (peft's order).
+
+    a: (*in, r), b: (r, *out) — one layer's slice (a leading layer axis when stacked for
+    scan); ``key``: raw key data (2,) (or (L, 2)) of this layer's dropout mask. Dropout keeps
+    each element of x with probability 1 - rate and scales kept ones by 1 / (1 - rate).
+    Computation in ``dtype``.
+    """
+
+    def __init__(
+        self,
+        a: jax.Array,
+        b: jax.Array,
+        key: jax.Array,
+        *,
+        n_in: int,
+        scale: float,
+        rate: float,
+        dtype: jnp.dtype,
+    ):
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"LoRA dropout rate must be in [0, 1), got {rate}")
+        self.a, self.b, self.key = nnx.Param(a), nnx.Param(b), LoraKey(key)
+        self.n_in, self.scale, self.rate, self.dtype = n_in, float(scale), float(rate), dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """x (..., *in) -> (..., *out)."""
+        x = x.astype(self.dtype)
+        if self.rate > 0:
+            keep = 1.0 - self.rate
+            mask = jax.random.bernoulli(jax.random.wrap_key_data(self.key[...]), keep, x.shape)
+            x = jnp.where(mask, x / jnp.asarray(keep, x.dtype), jnp.zeros((), x.dtype))
+        n = self.n_in
+        contract_a = (tuple(range(x.ndim - n, x.ndim)), tuple(range(n)))
+        h = jax.lax.dot_general(x, self.a[...].astype(self.dtype), (contract_a, ((), ())))
+        y = jax.lax.dot_general(
+            h, self.b[...].astype(self.dtype), (((h.ndim - 1,), (0,)), ((), ()))
+        )
+        return y * jnp.asarray(self.scale, y.dtype)
 
 
 class LayerNorm(nnx.Module):

@@ -288,6 +288,8 @@ def _lora_errors(config: Any) -> list[str]:
         errors.append(f"lora.alpha={lo.alpha} must be >= 0 (0 = rank)")
     if lo.init not in lora_lib.INITS:
         errors.append(f"lora.init={lo.init!r} must be one of {lora_lib.INITS}")
+    if not 0.0 <= float(lo.get("dropout", 0.0)) < 1.0:
+        errors.append(f"lora.dropout={lo.dropout} must be in [0, 1) (0 = off)")
     if lo.base_dtype not in lora_lib.BASE_DTYPES:
         errors.append(f"lora.base_dtype={lo.base_dtype!r} must be one of {lora_lib.BASE_DTYPES}")
     if errors or int(lo.rank) == 0:

@@ -171,6 +171,10 @@ def lora_defaults() -> ml_collections.ConfigDict:
             # Storage dtype of the frozen base weights ("" = model.param_dtype; "bfloat16"
             # halves them; the adapters, their moments and EMA stay float32).
             base_dtype="",
+            # peft's lora_dropout: dropout on each adapted layer's input inside the LoRA branch
+            # (training only). 0 = off (the step merges the adapters into the kernels); > 0 runs
+            # the branches unmerged (a little more activation memory: one mask per target).
+            dropout=0.0,
         )
     )
 

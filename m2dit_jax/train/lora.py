@@ -19,7 +19,14 @@ pattern works whether or not the layers are scanned; a scanned stack must be sel
 of its layers or none). Only block Dense kernels can be targeted (their diffusers counterparts
 are plain ``nn.Linear`` layers, see ``m2dit_jax.convert.lora``).
 
-Not implemented: LoRA dropout (the merged formulation has no unmerged branch to drop).
+Dropout (``lora.dropout > 0``, peft's ``lora_dropout``): the merged kernel cannot drop the
+branch's input, so training then runs unmerged — the model is bound on the frozen base and
+every targeted Dense gets a ``LoraBranch`` (``m2dit_jax.model.layers``) adding
+``(alpha / r) * (dropout(x) . a) . b``. The mask of module m in layer i comes from the
+"lora_dropout" stream of the step (or micro-batch) key, folded with m's index in
+``BLOCK_MODULES`` and then i, so scanned and unscanned layers draw the same masks, and remat
+recomputes the same ones. Evaluation, EMA scoring and export use the merged form (no dropout,
+like peft's eval mode).
 """
 
 from __future__ import annotations
@@ -82,6 +89,7 @@ class LoraSpec:
     # is produced in it directly, so no f32 copy of the merged stack (or of its cotangent)
     # exists; numerically identical, the layer would cast it to this dtype anyway.
     compute_dtype: str = ""
+    dropout: float = 0.0  # > 0: training runs the unmerged branch with this input dropout
 
     @property
     def scale(self) -> float:
@@ -141,6 +149,7 @@ def lora_spec(config) -> LoraSpec | None:
         init=str(lora.init),
         base_dtype=str(lora.base_dtype),
         compute_dtype=str(config.model.dtype),
+        dropout=float(lora.get("dropout", 0.0)),
     )
 
 
@@ -272,6 +281,55 @@ def cast_base(spec: LoraSpec, params: Any) -> Any:
     return jax.tree.map(
         lambda x: x.astype(dt) if jnp.issubdtype(x.dtype, jnp.floating) else x, params
     )
+
+
+def _module(model: Any, path: tuple[Any, ...]) -> Any:
+    for k in path:
+        model = model[k] if isinstance(k, int) else getattr(model, k)
+    return model
+
+
+def dropout_keys(target: LoraTarget, key: jax.Array, num_layers: int) -> jax.Array:
+    """Raw key data of ``target``'s dropout masks: (L, 2) for a scanned stack, else (2,).
+
+    Layer i of module m uses ``fold_in(fold_in(key, index of m), i)`` either way."""
+    module_key = jax.random.fold_in(key, list(BLOCK_MODULES).index(target.module))
+    if target.layer is not None:
+        return jax.random.key_data(jax.random.fold_in(module_key, target.layer))
+    layers = jnp.arange(num_layers)
+    return jax.vmap(lambda i: jax.random.key_data(jax.random.fold_in(module_key, i)))(layers)
+
+
+def bind_unmerged(parts: Any, base: Any, adapters: Any, spec: LoraSpec, key: jax.Array):
+    """The model on the frozen ``base`` with an unmerged, dropout-ing ``LoraBranch`` on every
+    target (``key``: this step's or micro-batch's "lora_dropout" key)."""
+    from m2dit_jax.model.layers import LoraBranch
+
+    model = parts.bind(base)
+    dtype = jnp.dtype(spec.compute_dtype) if spec.compute_dtype else jnp.float32
+    for t in spec.targets:
+        dense = _module(model, t.adapter_path())
+        ad = _get(adapters, t.adapter_path())
+        lead = _lead(t)
+        num_layers = ad["lora_a"].shape[0] if lead else 1
+        dense.adapter = LoraBranch(
+            ad["lora_a"],
+            ad["lora_b"],
+            dropout_keys(t, key, num_layers),
+            n_in=t.n_in,
+            scale=spec.scale,
+            rate=spec.dropout,
+            dtype=dtype,
+        )
+    return model
+
+
+def bind_for_training(parts: Any, base: Any, adapters: Any, spec: LoraSpec, rng: jax.Array):
+    """The model a train step differentiates: merged kernels, or (``spec.dropout > 0``) the
+    unmerged branches with dropout drawn from ``stream(rng, "lora_dropout")``."""
+    if spec.dropout > 0:
+        return bind_unmerged(parts, base, adapters, spec, stream(rng, "lora_dropout"))
+    return parts.bind(merge(base, adapters, spec))
 
 
 class LoraParts:

@@ -7,8 +7,9 @@ optimizer state and EMA untouched, bumps ``nonfinite.total`` / ``nonfinite.run``
 
 With ``lora`` (a ``m2dit_jax.train.lora.LoraSpec``) ``state["params"]`` are the adapters: the
 model runs on ``lora.merge(state["base"], adapters)`` formed inside the step (every
-micro-batch), gradients, clipping, AdamW and EMA see the adapters only, and ``state["base"]``
-passes through untouched (donated, so aliased in place).
+micro-batch; with ``lora.dropout > 0`` on the base with unmerged, dropout-ing branches, see
+``lora.bind_for_training``), gradients, clipping, AdamW and EMA see the adapters only, and
+``state["base"]`` passes through untouched (donated, so aliased in place).
 """
 
 from __future__ import annotations
@@ -77,12 +78,12 @@ def make_train_step(
     """
     accum = int(grad_accum_steps)
     if lora is not None:
-        from m2dit_jax.train.lora import merge
+        from m2dit_jax.train.lora import bind_for_training
 
     def grads_of(params, batch, rng, base=None):
         def objective(p):
             if lora is not None:
-                p = merge(base, p, lora)
+                return loss_fn(bind_for_training(parts, base, p, lora, rng), batch, rng)
             return loss_fn(parts.bind(p), batch, rng)
 
         (loss, metrics), grads = jax.value_and_grad(objective, has_aux=True)(params)

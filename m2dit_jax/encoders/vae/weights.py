@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 
 import jax.numpy as jnp
 import numpy as np
@@ -17,7 +18,7 @@ from m2dit_jax.encoders.weights_io import (
 )
 
 
-def load_vae_state(vae: CogVideoXVAE, tensors: dict[str, np.ndarray], param_dtype=jnp.float32):
+def load_vae_state(vae: CogVideoXVAE, tensors: Mapping[str, np.ndarray], param_dtype=jnp.float32):
     """Copy a diffusers ``AutoencoderKLCogVideoX`` state dict into ``vae`` (in place).
 
     Every tensor must map onto a parameter and vice versa; errors name the keys."""
