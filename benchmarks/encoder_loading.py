@@ -1,13 +1,16 @@
 """Host memory of loading a T5 ``text_encoder/`` folder: streamed (ours) vs read-all-first.
 
-    python -m benchmarks.encoder_loading [--d_model 1024 --layers 12 --d_ff 2816] [--repeats 2]
+    python -m benchmarks.encoder_loading [--d_model 4096 --d_ff 10240 --layers 2 --heads 64]
+        [--checkpoint_dtype bfloat16] [--repeats 2]
 
-Writes a random T5-v1.1 encoder (f32 safetensors, T5-large-like by default: ~1.3 GB) to a
-temporary folder, then loads it in fresh processes, alternating: ``load_t5_encoder`` (tensors
-read one at a time from the memory-mapped file, ``SafetensorsFolder``) and the same
-assignment fed a dict holding every tensor first (what loading did before). Prints each
-child's peak RSS above its own post-import baseline, as a multiple of the checkpoint size:
-the module's own parameters are 1.0x on a CPU backend, so ~1x means no second copy.
+Writes a random T5-v1.1 encoder to a temporary folder (default: T5-v1.1-XXL's tensor shapes
+with 2 of its 24 layers, ~1.3 GB as f32, stored as ``--checkpoint_dtype``), then loads it
+(f32 parameters) in fresh processes, alternating: ``load_t5_encoder`` (each tensor read from
+its file on its own, converted and placed, ``SafetensorsFolder``) and the loader before this
+change (commit 6100974: every tensor read into a dict first, then each converted with a
+copy). Prints each child's peak RSS above its post-import baseline, as a multiple of the
+loaded parameters' bytes: the module itself is 1.0x on a CPU backend, so the excess over 1 is
+what loading costs on top (for streaming: about one tensor, here the 32128 x 4096 table).
 """
 
 from __future__ import annotations
@@ -20,37 +23,51 @@ import sys
 import tempfile
 
 CHILD = r"""
-import json, os, resource, sys
+import json, os, sys
 import numpy as np
-from m2dit_jax.encoders import t5
-from m2dit_jax.encoders.weights_io import SafetensorsFolder, assign_torch_state, read_config
 import jax
+from m2dit_jax.encoders import t5
+from m2dit_jax.encoders.weights_io import read_config
 jax.numpy.zeros(1).block_until_ready()
-def rss_kib():
+def status_kib(field):
     with open("/proc/self/status") as f:
-        return next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
-base = rss_kib()
+        return next(int(l.split()[1]) for l in f if l.startswith(field + ":"))
+base = status_kib("VmRSS")
 path, mode = sys.argv[1], sys.argv[2]
 if mode == "streamed":
     model = t5.load_t5_encoder(path)
-else:
+else:  # the previous loader: all tensors first, then each converted with a copy
+    from safetensors import safe_open
+    from m2dit_jax.encoders.weights_io import param_names, torch_to_jax_layout
     config = t5.T5Config.from_transformers(read_config(path))
     model = t5.T5Encoder(config, seed=None)
-    tensors = dict(SafetensorsFolder(path).items())  # every tensor in memory first
-    assign_torch_state(model, tensors, what="T5 encoder", rename=t5._t5_rename(tensors),
-                       is_embedding=t5._is_t5_table)
-    del tensors
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB
+    tensors = {}
+    with safe_open(os.path.join(path, "model.safetensors"), framework="numpy") as f:
+        for key in f.keys():
+            tensors[key] = f.get_tensor(key)
+    params = param_names(model)
+    rename = t5._t5_rename(tensors)
+    converted = {}
+    for key, value in tensors.items():
+        name = rename(key)
+        if name in params:
+            converted[name] = torch_to_jax_layout(value, is_embedding=t5._is_t5_table(name))
+    for name, value in converted.items():
+        params[name].set_value(jax.numpy.asarray(value.astype(np.float32)))
+    del tensors, converted
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork + exec from the parent process
+peak = status_kib("VmHWM")
 print(json.dumps({"mode": mode, "base_kib": base, "peak_kib": peak}))
 """
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--d_model", type=int, default=1024)
-    p.add_argument("--layers", type=int, default=12)
-    p.add_argument("--d_ff", type=int, default=2816)
-    p.add_argument("--heads", type=int, default=16)
+    p.add_argument("--d_model", type=int, default=4096)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--d_ff", type=int, default=10240)
+    p.add_argument("--heads", type=int, default=64)
+    p.add_argument("--checkpoint_dtype", default="bfloat16", choices=("float32", "bfloat16"))
     p.add_argument("--repeats", type=int, default=2)
     args = p.parse_args(argv)
 
@@ -64,15 +81,25 @@ def main(argv=None) -> None:
         num_heads=args.heads,
     )
     with tempfile.TemporaryDirectory() as folder:
-        t5.save_t5_encoder(t5.T5Encoder(config, seed=0), folder)
-        size = sum(
-            os.path.getsize(os.path.join(folder, n))
-            for n in os.listdir(folder)
-            if n.endswith(".safetensors")
+        model = t5.T5Encoder(config, seed=0)
+        t5.save_t5_encoder(model, folder)
+        del model
+        weights = os.path.join(folder, "model.safetensors")
+        if args.checkpoint_dtype == "bfloat16":
+            import ml_dtypes
+            from safetensors.numpy import load_file, save_file
+
+            tensors = {k: v.astype(ml_dtypes.bfloat16) for k, v in load_file(weights).items()}
+            save_file(tensors, weights, metadata={"format": "pt"})
+            del tensors
+        size = os.path.getsize(weights)
+        loaded = size * (2 if args.checkpoint_dtype == "bfloat16" else 1)  # f32 parameters
+        print(
+            f"checkpoint: {size / 2**30:.2f} GiB ({args.checkpoint_dtype}), "
+            f"parameters {loaded / 2**30:.2f} GiB f32, {json.dumps(vars(args))}"
         )
-        print(f"checkpoint: {size / 2**30:.2f} GiB (f32), {json.dumps(vars(args))}")
         env = dict(os.environ, JAX_PLATFORMS="cpu")
-        results: dict[str, list[float]] = {"streamed": [], "read_all": []}
+        results: dict[str, list[float]] = {"streamed": [], "read_all": []}  # x parameters
         for _ in range(args.repeats):
             for mode in results:
                 out = subprocess.run(
@@ -83,10 +110,10 @@ def main(argv=None) -> None:
                     check=True,
                 )
                 r = json.loads(out.stdout.strip().splitlines()[-1])
-                results[mode].append((r["peak_kib"] - r["base_kib"]) * 1024 / size)
+                results[mode].append((r["peak_kib"] - r["base_kib"]) * 1024 / loaded)
     for mode, ratios in results.items():
         shown = ", ".join(f"{x:.2f}" for x in ratios)
-        print(f"{mode:9s} peak RSS above baseline / checkpoint: {shown}")
+        print(f"{mode:9s} peak RSS above baseline / parameter bytes: {shown}")
     ratio = min(results["read_all"]) / max(results["streamed"])
     print(f"read-all / streamed (worst streamed): {ratio:.2f}x")
 

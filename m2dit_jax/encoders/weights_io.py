@@ -51,31 +51,36 @@ def safetensors_files(folder: str | os.PathLike) -> list[str]:
 
 
 class SafetensorsFolder(Mapping):
-    """The tensors of a model folder, read one at a time on access (memory-mapped files).
+    """The tensors of a model folder, read one at a time on access.
 
-    ``folder[key]`` reads that tensor only (numpy; bf16 stays ml_dtypes.bfloat16);
-    ``shape(key)`` comes from the header without reading data. Loading a module through this
-    mapping keeps the host peak at the module plus one tensor, not twice the checkpoint.
-    Duplicate keys across shards are an error naming both files.
+    ``folder[key]`` opens the tensor's file, reads that tensor only (numpy; bf16 stays
+    ml_dtypes.bfloat16) and closes it again — a file kept mapped would keep every page read
+    so far resident — and ``shape(key)`` comes from the headers read once. Loading a module
+    through this mapping keeps the host peak at the module plus one tensor, not twice the
+    checkpoint. Duplicate keys across shards are an error naming both files.
     """
 
     def __init__(self, folder: str | os.PathLike):
         from safetensors import safe_open
 
         self.folder = os.fspath(folder)
-        self._files = []
-        self._where: dict[str, int] = {}
+        self._where: dict[str, str] = {}
+        self._shapes: dict[str, tuple[int, ...]] = {}
         for path in safetensors_files(self.folder):
-            handle = safe_open(path, framework="numpy")
-            for key in handle.keys():
-                if key in self._where:
-                    first = self._files[self._where[key]][0]
-                    raise ValueError(f"tensor {key!r} is in both {first!r} and {path!r}")
-                self._where[key] = len(self._files)
-            self._files.append((path, handle))
+            with safe_open(path, framework="numpy") as f:
+                for key in f.keys():
+                    if key in self._where:
+                        raise ValueError(
+                            f"tensor {key!r} is in both {self._where[key]!r} and {path!r}"
+                        )
+                    self._where[key] = path
+                    self._shapes[key] = tuple(f.get_slice(key).get_shape())
 
     def __getitem__(self, key: str) -> np.ndarray:
-        return self._files[self._where[key]][1].get_tensor(key)
+        from safetensors import safe_open
+
+        with safe_open(self._where[key], framework="numpy") as f:
+            return f.get_tensor(key)
 
     def __iter__(self):
         return iter(self._where)
@@ -84,7 +89,7 @@ class SafetensorsFolder(Mapping):
         return len(self._where)
 
     def shape(self, key: str) -> tuple[int, ...]:
-        return tuple(self._files[self._where[key]][1].get_slice(key).get_shape())
+        return self._shapes[key]
 
 
 def load_safetensors(folder: str | os.PathLike) -> SafetensorsFolder:
@@ -165,7 +170,7 @@ def assign_torch_state(
     for name, key in keys.items():  # one tensor in host memory at a time
         value = torch_to_jax_layout(np.asarray(tensors[key]), is_embedding=is_embedding(name))
         # set_value (not [...] =) also fills abstract placeholders built with seed=None.
-        params[name].set_value(jnp.asarray(value.astype(np.float32), dtype=param_dtype))
+        params[name].set_value(jnp.asarray(np.asarray(value, np.float32), dtype=param_dtype))
         del value
 
 
