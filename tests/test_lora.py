@@ -100,9 +100,9 @@ def _one_step(config, mesh_shape, devices, batch):
     return program, state, new, metrics
 
 
-def test_lora_sharded_accumulated_context_parallel_step_matches_one_device():
-    config = lora_config()
-    config.optim.grad_accum_steps = 2
+def one_and_eight_device_steps(config):
+    """One step of ``config`` on one device and on fsdp 2 x context 2 x tensor 2, same batch
+    (random values; mask 2 all generated)."""
     rng = np.random.default_rng(0)
     shapes = build_train_program(config, make_mesh({"fsdp": 1}, jax.devices()[:1]))
     batch = {
@@ -117,6 +117,13 @@ def test_lora_sharded_accumulated_context_parallel_step_matches_one_device():
     eight = _one_step(
         config, {"data": 1, "fsdp": 2, "context": 2, "tensor": 2}, jax.devices()[:8], batch
     )
+    return one, eight
+
+
+def test_lora_sharded_accumulated_context_parallel_step_matches_one_device():
+    config = lora_config()
+    config.optim.grad_accum_steps = 2
+    one, eight = one_and_eight_device_steps(config)
     program8 = eight[0]
     kernel = program8.model_params["blocks"]["attn"]["to_q"]["kernel"].sharding.spec
     a_sh = program8.state_shardings["params"]["blocks"]["attn"]["to_q"]["lora_a"].spec

@@ -13,15 +13,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_lora import _one_step, lora_config
+from test_lora import lora_config, one_and_eight_device_steps
 
 from m2dit_jax.model import create_model
 from m2dit_jax.model.layers import LoraBranch
 from m2dit_jax.rng import stream
-from m2dit_jax.sharding import make_mesh
 from m2dit_jax.train import ConfigError, check_config
 from m2dit_jax.train import lora as lora_lib
-from m2dit_jax.train.program import build_train_program
 from m2dit_jax.train.state import split_model
 
 S = 2  # scenes of the tiny config
@@ -154,20 +152,7 @@ def test_dropout_step_is_the_same_on_one_device_and_a_context_parallel_mesh():
     config = lora_config()
     config.lora.dropout = 0.5
     config.optim.grad_accum_steps = 2
-    rng = np.random.default_rng(0)
-    shapes = build_train_program(config, make_mesh({"fsdp": 1}, jax.devices()[:1]))
-    batch = {
-        k: (
-            rng.standard_normal(v.shape) if v.dtype != jnp.bool_ else np.ones(v.shape, bool)
-        ).astype(v.dtype)
-        for k, v in shapes.abstract_batch().items()
-    }
-    one = _one_step(
-        config, {"data": 1, "fsdp": 1, "context": 1, "tensor": 1}, jax.devices()[:1], batch
-    )
-    eight = _one_step(
-        config, {"data": 1, "fsdp": 2, "context": 2, "tensor": 2}, jax.devices()[:8], batch
-    )
+    one, eight = one_and_eight_device_steps(config)
     assert one[0].lora.dropout == 0.5
     assert float(one[3]["grad_norm"]) > 0
     np.testing.assert_allclose(float(one[3]["loss"]), float(eight[3]["loss"]), rtol=1e-5)
