@@ -11,12 +11,27 @@ ShapeDtypeStructs. The batch of 2 (CFG) is sharded over ``fsdp``, so the default
 fsdp 2 x tensor 4 (48 heads over tensor). ``--topology`` compiles for a TPU slice with
 libtpu (``make libtpu``), the script re-running itself in libtpu's environment
 (``m2dit_jax.train.aot.libtpu_env``).
+
+``--program`` picks what is compiled (same layout, model, mesh and CFG batch):
+
+* ``joint`` (default): the joint mask-1 step above (also the shape of a mask-1 extension step);
+* ``extend_uncached``: a scene-extension step with ``causal_conditions=2`` (window 3 = two
+  clean conditions + the new scene, the whole window's 53,328 tokens through every layer);
+* ``prefill``: the one-off condition forward (``Mask2DiT.condition_cache``) over the two
+  conditions (2 x (226 + 17,550) tokens) that fills the per-layer K/V cache;
+* ``extend_cached``: the cached extension step (``Mask2DiT.cached_call``): the new scene's
+  17,776 tokens only, attending to the cached condition K/V (an argument of the step).
+
+The cache, (layers, batch, 2 x 17,550, heads, head_dim) for K and V, is sharded like the
+activations' K/V (batch over data x fsdp, heads over tensor); its total and per-device bytes
+are reported with ``prefill`` / ``extend_cached``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -41,12 +56,24 @@ if __name__ == "__main__" and "--topology" not in " ".join(sys.argv):
 GIB = 1024**3
 
 
+PROGRAMS = ("joint", "extend_uncached", "prefill", "extend_cached")
+CACHE_AXES = ("layers", "batch", "seq", "heads", "head_dim")
+
+
 def compile_denoise_step(
-    model_name: str, devices, mesh_shape: dict[str, int], *, videos: int = 1, cfg: bool = True
+    model_name: str,
+    devices,
+    mesh_shape: dict[str, int],
+    *,
+    videos: int = 1,
+    cfg: bool = True,
+    program: str = "joint",
 ) -> dict:
-    """Compiles one CFG denoising step of ``model_name`` on ``devices`` laid out as
-    ``mesh_shape``; returns per-device bytes. The batch (videos x CFG branches) is sharded over
-    (data, fsdp), heads over tensor, so batch and heads must divide those axes."""
+    """Compiles one CFG denoising step of ``model_name`` (or, by ``program``, an extension
+    step / the condition prefill / the cached extension step, see the module doc) on
+    ``devices`` laid out as ``mesh_shape``; returns per-device bytes. The batch (videos x CFG
+    branches) is sharded over (data, fsdp), heads over tensor, so batch and heads must divide
+    those axes."""
     import jax
     import jax.numpy as jnp
 
@@ -54,6 +81,8 @@ def compile_denoise_step(
     from m2dit_jax.sharding import make_mesh, named_sharding
     from m2dit_jax.train.program import abstract_params
 
+    if program not in PROGRAMS:
+        raise ValueError(f"program must be one of {PROGRAMS}, got {program!r}")
     config = get_model_config(
         model_name,
         dtype="bfloat16",
@@ -62,38 +91,78 @@ def compile_denoise_step(
         attention_backend="auto",
     )
     s, f, h, w = 3, int(config.sample_frames), int(config.sample_height), int(config.sample_width)
+    k = s - 1  # conditions in the extension window
+    t_len, c_in, d_text = int(config.text_len), int(config.in_channels), int(config.text_dim)
+    video_tokens = f * (h // 2) * (w // 2)  # per scene (patch 2)
     mesh = make_mesh(mesh_shape, devices)
     parts, params = abstract_params(config, mesh)
     b = videos * (2 if cfg else 1)
     batch_sharded = named_sharding(mesh, ("batch",))
+    cache_sharded = named_sharding(mesh, CACHE_AXES)
 
-    def spec(shape, dtype):
-        return jax.ShapeDtypeStruct(shape, dtype, sharding=batch_sharded)
+    def spec(shape, dtype, sharding=batch_sharded):
+        return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
 
-    latents = spec((b, s * f, h, w, int(config.in_channels)), jnp.bfloat16)
-    text = spec((b, s * int(config.text_len), int(config.text_dim)), jnp.bfloat16)
-    timesteps = spec((b, s), jnp.int32)
+    cache_shape = (int(config.num_layers), b, k * video_tokens, int(config.num_heads),
+                   int(config.head_dim))  # fmt: skip
+    cache = {"k": spec(cache_shape, jnp.bfloat16, cache_sharded),
+             "v": spec(cache_shape, jnp.bfloat16, cache_sharded)}  # fmt: skip
+    if program in ("joint", "extend_uncached"):
+        args = (
+            spec((b, s * f, h, w, c_in), jnp.bfloat16),
+            spec((b, s * t_len, d_text), jnp.bfloat16),
+            spec((b, s), jnp.int32),
+        )
+        causal = k if program == "extend_uncached" else 0
 
-    def denoise(p, x, c, t):
-        return parts.bind(p)(x, c, t, num_scenes=s)
+        def fn(p, x, c, t):
+            return parts.bind(p)(x, c, t, num_scenes=s, causal_conditions=causal)
 
-    step = jax.jit(denoise, out_shardings=batch_sharded)
+        out_shardings = batch_sharded
+        tokens = s * t_len + s * video_tokens
+    elif program == "prefill":
+        args = (
+            spec((b, k * f, h, w, c_in), jnp.bfloat16),
+            spec((b, k * t_len, d_text), jnp.bfloat16),
+        )
+
+        def fn(p, x, c):
+            return parts.bind(p).condition_cache(x, c, num_scenes=s)
+
+        out_shardings = {"k": cache_sharded, "v": cache_sharded}
+        tokens = k * (t_len + video_tokens)
+    else:  # extend_cached
+        args = (
+            spec((b, f, h, w, c_in), jnp.bfloat16),
+            spec((b, t_len, d_text), jnp.bfloat16),
+            spec((b,), jnp.int32),
+            cache,
+        )
+
+        def fn(p, x, c, t, kv):
+            return parts.bind(p).cached_call(x, c, t, kv, num_scenes=s)
+
+        out_shardings = batch_sharded
+        tokens = t_len + video_tokens
+
+    step = jax.jit(fn, out_shardings=out_shardings)
     t0 = time.perf_counter()
     with jax.sharding.use_abstract_mesh(mesh.abstract_mesh):
-        lowered = step.lower(params, latents, text, timesteps)
+        lowered = step.lower(params, *args)
     t1 = time.perf_counter()
     compiled = lowered.compile()
     t2 = time.perf_counter()
     mem = compiled.memory_analysis()
     out = {
         "model": model_name,
+        "program": program,
         "platform": str(devices[0].platform),
         "device_kind": str(devices[0].device_kind),
         "devices": len(devices),
-        "mesh": {k: v for k, v in mesh.shape.items() if v > 1},
+        "mesh": {a: v for a, v in mesh.shape.items() if v > 1},
         "videos": videos,
         "cfg": cfg,
-        "tokens_per_sample": s * int(config.text_len) + s * f * (h // 2) * (w // 2),
+        "tokens_per_sample": tokens,
         "lower_s": round(t1 - t0, 1),
         "compile_s": round(t2 - t1, 1),
         "uses_mosaic": "tpu_custom_call" in lowered.as_text(),
@@ -103,6 +172,13 @@ def compile_denoise_step(
     out["peak_gib"] = round(
         out["argument_gib"] + out["output_gib"] - out["alias_gib"] + out["temp_gib"], 3
     )
+    if program in ("prefill", "extend_cached"):
+        itemsize = jnp.dtype(jnp.bfloat16).itemsize
+        total = 2 * itemsize * math.prod(cache_shape)
+        per_device = 2 * itemsize * math.prod(cache_sharded.shard_shape(cache_shape))
+        out["cache_shape"] = list(cache_shape)
+        out["cache_gib_total"] = round(total / GIB, 3)  # K + V, every CFG branch
+        out["cache_gib_per_device"] = round(per_device / GIB, 3)
     return out
 
 
@@ -114,6 +190,7 @@ def main() -> None:
     parser.add_argument("--mesh", default="fsdp=2,tensor=4", help="axis=size,... (all devices)")
     parser.add_argument("--videos", type=int, default=1)
     parser.add_argument("--no-cfg", action="store_true")
+    parser.add_argument("--program", default="joint", choices=PROGRAMS, help="see module doc")
     args = parser.parse_args()
     from m2dit_jax.train import aot
 
@@ -129,7 +206,12 @@ def main() -> None:
         devices = jax.devices()[: args.devices]
     mesh_shape = {k: int(v) for k, v in (item.split("=") for item in args.mesh.split(","))}
     row = compile_denoise_step(
-        args.model, devices, mesh_shape, videos=args.videos, cfg=not args.no_cfg
+        args.model,
+        devices,
+        mesh_shape,
+        videos=args.videos,
+        cfg=not args.no_cfg,
+        program=args.program,
     )
     if args.topology:
         row["topology"] = args.topology

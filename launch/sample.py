@@ -18,8 +18,13 @@ VIDEO's scenes come from its ``.scenes.json`` or from ``--previous-script``. ``-
 ``--seed``, ``--guidance``, ``--sampler`` and ``--dynamic-cfg`` override the script's sampler
 options; ``--frames/--height/--width/--scenes`` the model's scene geometry. Every caption is
 encoded before the transformer is loaded, and T5 is released first (``--keep-text-encoder``
-keeps it). ``--lora FILE [--lora-scale S]`` merges a diffusers-layout CogVideoX LoRA into the
-transformer's weights as it loads. Installed as the ``m2dit-sample`` console script.
+keeps it). ``--cache-conditions`` computes the condition scenes' keys/values once per
+extension; it is exact only under the causal-condition mask, so it needs a model whose
+``m2dit.json`` / bundle records ``cond_mask_mode="causal_conditions"`` (or
+``--extension-mask causal_conditions``) and is refused otherwise. ``--mesh fsdp=2,tensor=2``
+shards the transformer over that many devices. ``--lora FILE [--lora-scale S]`` merges a
+diffusers-layout CogVideoX LoRA into the transformer's weights as it loads. Installed as the
+``m2dit-sample`` console script.
 """
 
 from __future__ import annotations
@@ -184,7 +189,24 @@ def main(argv: list[str] | None = None) -> list[str]:
         help="extension conditions: exactly clean (training) or the release's posterior "
         "sample + add_noise at t=0",
     )
-    parser.add_argument("--mesh", default=None, help="e.g. fsdp=8 (default: one device)")
+    parser.add_argument(
+        "--cache-conditions",
+        action="store_true",
+        help="extension: compute the condition scenes' keys/values once per extension (exact "
+        "only for models trained with diffusion.cond_mask_mode=causal_conditions; refused "
+        "otherwise)",
+    )
+    parser.add_argument(
+        "--extension-mask",
+        choices=("mask2dit", "causal_conditions"),
+        default=None,
+        help="extension attention (default: what the model records, else mask2dit)",
+    )
+    parser.add_argument(
+        "--mesh",
+        default=None,
+        help="shard the transformer over a device mesh, e.g. fsdp=2,tensor=2 (default: one device)",
+    )
     parser.add_argument("--keep-text-encoder", action="store_true")
     parser.add_argument(
         "--lora",
@@ -231,7 +253,10 @@ def _run(args: argparse.Namespace) -> list[str]:
         progress=not args.no_progress,
         lora=args.lora,
         lora_scale=args.lora_scale,
+        extension_mask=args.extension_mask,
     )
+    if args.cache_conditions:
+        pipeline.check_cache_conditions()  # before any model work
     geometry = {
         k: v
         for k, v in (
@@ -255,10 +280,10 @@ def _run(args: argparse.Namespace) -> list[str]:
     if not args.keep_text_encoder:
         pipeline.release_text_encoder()
     if args.extend:
-        video = pipeline.extend(existing, previous, script)
+        video = pipeline.extend(existing, previous, script, cache_conditions=args.cache_conditions)
         captions = previous + script.captions
     else:
-        video = pipeline.generate(script)
+        video = pipeline.generate(script, cache_conditions=args.cache_conditions)
         captions = script.captions
     seconds = time.perf_counter() - start
     is_bundle = pipeline.meta.get("format") == "m2dit_bundle"
@@ -276,6 +301,9 @@ def _run(args: argparse.Namespace) -> list[str]:
             "model": os.path.abspath(args.model),
             "sampler": dataclasses.asdict(script.sampler),
             "conditions": args.conditions,
+            "extension_mask": pipeline.extension_mask,
+            "cache_conditions": bool(args.cache_conditions),
+            "mesh": args.mesh,
         },
     )
     print(

@@ -71,3 +71,24 @@ def test_bundle_errors(model, tmp_path):
     json.dump(config, open(cfg_path, "w"))
     with pytest.raises(ValueError, match="version 99"):
         bundle_lib.load_bundle(out)
+
+
+def test_bundle_records_the_extension_mask(model, tmp_path):
+    """launch.export writes the run's diffusion.cond_mask_mode into the bundle's source; the
+    pipeline extends with that mask, and only a causal-condition bundle allows the cache."""
+    from m2dit_jax.inference.pipeline import SamplingPipeline
+
+    params = bundle_lib.flat_params(model)
+    kwargs = dict(model_config=model.config, encoders=ENCODERS, video=VIDEO)
+    causal = bundle_lib.write_bundle(
+        str(tmp_path / "causal"), params, source={"cond_mask_mode": "causal_conditions"}, **kwargs
+    )
+    pipe = SamplingPipeline.from_pretrained(causal)
+    assert pipe.extension_mask == "causal_conditions" and pipe.causal_conditions
+    pipe.check_cache_conditions()
+    plain = SamplingPipeline.from_pretrained(
+        bundle_lib.write_bundle(str(tmp_path / "p"), params, **kwargs)
+    )
+    assert plain.extension_mask == "mask2dit" and plain.extension_mask_recorded is None
+    with pytest.raises(ValueError, match="cond_mask_mode='causal_conditions'"):
+        plain.check_cache_conditions()

@@ -1,6 +1,13 @@
 """Diffusion: the CogVideoX schedule, the Mask²DiT objective, samplers and generation."""
 
-from m2dit_jax.diffusion.generation import extend, extend_chain, generate
+from m2dit_jax.diffusion.generation import (
+    extend,
+    extend_chain,
+    generate,
+    guidance_per_timestep,
+    initial_noise,
+    sample_from_noise,
+)
 from m2dit_jax.diffusion.objective import (
     diffusion_loss,
     eval_loss_fn,
@@ -19,6 +26,9 @@ __all__ = [
     "extend",
     "extend_chain",
     "generate",
+    "guidance_per_timestep",
+    "initial_noise",
+    "sample_from_noise",
     "CogVideoXSchedule",
     "diffusion_loss",
     "eval_loss_fn",

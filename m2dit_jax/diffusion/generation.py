@@ -4,9 +4,11 @@ Text layout everywhere: per-scene caption embeddings concatenated in scene order
 ``text_embeds[:, i*T:(i+1)*T]`` is scene i's caption (T tokens, as the model's ``text_len``).
 Latent layout: scenes concatenated along the frame axis, (B, S*F, H, W, C).
 
-The whole sampling loop (noise draw, classifier-free guidance batched into one model call,
-every sampler step, mask-2 resets) is one ``jax.jit`` computation, compiled once per model,
-shape and sampler setting and reused across calls.
+The whole sampling loop (classifier-free guidance batched into one model call, every sampler
+step, mask-2 resets) is one ``jax.jit`` computation, compiled once per model, shape and sampler
+setting and reused across calls. ``sample_from_noise`` is that loop from explicit initial
+latents (what ``SamplingPipeline`` calls); ``generate`` / ``extend`` draw the initial latents
+from their seed (``initial_noise``) and call it.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from m2dit_jax.attention.dispatch import log_choice_once
 from m2dit_jax.diffusion.samplers import SAMPLERS, ddim_sample, dpm_sample
 from m2dit_jax.diffusion.schedule import CogVideoXSchedule
 from m2dit_jax.layout import CAUSAL_CONDITIONS, extension_mask
@@ -59,6 +62,23 @@ def _method(model: Any) -> Callable[..., Any]:
     return call
 
 
+# Host-side callbacks of the running loop; the jitted programs call _host_progress /
+# _host_callback, so a new callable per call does not recompile.
+_HOST: dict[str, Callable[..., Any] | None] = {"progress": None, "callback": None}
+
+
+def _host_progress(step):
+    fn = _HOST["progress"]
+    if fn is not None:
+        fn()
+
+
+def _host_callback(step, timestep, latents):
+    fn = _HOST["callback"]
+    if fn is not None:
+        fn(int(step), int(timestep), np.asarray(latents))
+
+
 def _sampling_fn(model: Any, apply: Callable, static: tuple) -> Callable:
     per_model = _JIT_CACHE.setdefault(model, {})
     if static not in per_model:
@@ -66,11 +86,12 @@ def _sampling_fn(model: Any, apply: Callable, static: tuple) -> Callable:
             sampler,
             num_steps,
             num_scenes,
-            scene_shape,
             use_cfg,
             generate_mask,
             causal_conditions,
             cache_conditions,
+            progress,
+            callback,
         ) = static
         method = _method(model) if cache_conditions else None
         # mask 1 (release) or the causal-condition mask; conditions lead the window
@@ -78,15 +99,13 @@ def _sampling_fn(model: Any, apply: Callable, static: tuple) -> Callable:
         if causal_conditions:
             model_kwargs["causal_conditions"] = causal_conditions
 
-        def run(state, schedule, text, negative, guidance, rng, condition_latents):
-            def guided(v):  # [negative; positive] batch -> the CFG-combined v (f32)
+        def run(state, schedule, text, negative, gtable, noise, rng, condition_latents):
+            def guided(v, timesteps):  # [negative; positive] batch -> the CFG-combined v (f32)
                 v_uncond, v_text = jnp.split(v.astype(jnp.float32), 2)
-                return v_uncond + guidance * (v_text - v_uncond)
+                g = gtable[jnp.max(timesteps, axis=1)].reshape(-1, 1, 1, 1, 1)
+                return v_uncond + g * (v_text - v_uncond)
 
-            batch = text.shape[0]
-            k_noise, k_sampler = stream(rng, "sample_noise"), stream(rng, "sampler")
-            f, h, w, c = scene_shape
-            noise = jax.random.normal(k_noise, (batch, num_scenes * f, h, w, c), jnp.float32)
+            f = noise.shape[1] // num_scenes
             noise = constrain(noise, _BATCH5)
 
             def denoise_full(x, timesteps):
@@ -99,7 +118,7 @@ def _sampling_fn(model: Any, apply: Callable, static: tuple) -> Callable:
                     jnp.concatenate([timesteps, timesteps]),
                     **model_kwargs,
                 )
-                return guided(v)
+                return guided(v, timesteps)
 
             denoise = denoise_full
             if cache_conditions:
@@ -123,13 +142,21 @@ def _sampling_fn(model: Any, apply: Callable, static: tuple) -> Callable:
                     v = method(
                         state, "cached_call", x_new, new_text, t_new, cache, num_scenes=num_scenes
                     )
-                    v = guided(v) if use_cfg else v.astype(jnp.float32)
+                    v = guided(v, timesteps) if use_cfg else v.astype(jnp.float32)
                     # the conditions' prediction is never used: they are reset after each step
                     return jnp.concatenate([jnp.zeros_like(x[:, : k * f], jnp.float32), v], axis=1)
 
                 denoise = denoise_cached
 
+            def hook(step, timestep, x):
+                if progress:
+                    jax.debug.callback(_host_progress, step)
+                if callback:
+                    jax.debug.callback(_host_callback, step, timestep, x)
+
             kwargs = dict(schedule=schedule, num_steps=num_steps, num_scenes=num_scenes)
+            if progress or callback:
+                kwargs["step_hook"] = hook
             if generate_mask is not None:
                 kwargs.update(
                     generate_mask=jnp.asarray(generate_mask, bool),
@@ -137,7 +164,7 @@ def _sampling_fn(model: Any, apply: Callable, static: tuple) -> Callable:
                 )
             if sampler == "ddim":
                 return ddim_sample(denoise, noise, **kwargs)
-            return dpm_sample(denoise, noise, rng=k_sampler, **kwargs)
+            return dpm_sample(denoise, noise, rng=stream(rng, "sampler"), **kwargs)
 
         per_model[static] = jax.jit(run)
     return per_model[static]
@@ -152,25 +179,82 @@ def _check_common(num_steps: int, sampler: str, guidance_scale: float) -> None:
         raise ValueError(f"guidance_scale must be finite, got {guidance_scale}")
 
 
-def _rng(seed: int | jax.Array) -> jax.Array:
-    return as_key(seed)
+def initial_noise(seed: int | jax.Array, shape: Sequence[int]) -> jax.Array:
+    """The initial latents x_T that ``generate`` / ``extend`` draw from ``seed`` for ``shape``
+    (stream ``sample_noise``)."""
+    return jax.random.normal(stream(as_key(seed), "sample_noise"), tuple(shape), jnp.float32)
+
+
+def guidance_per_timestep(
+    schedule: CogVideoXSchedule,
+    num_steps: int,
+    guidance_scale: float = 6.0,
+    *,
+    dynamic_cfg: bool = False,
+    guidance_schedule: Sequence[float] | None = None,
+) -> np.ndarray:
+    """The CFG scale of every timestep value: a (num_train_timesteps,) float32 table.
+
+    - constant ``guidance_scale``;
+    - ``dynamic_cfg``: CogVideoX's ``use_dynamic_cfg``,
+      ``g_t = 1 + g * (1 - cos(pi * ((N - t) / N) ** 5)) / 2`` (N = ``num_steps``, float64 like
+      diffusers' Python floats);
+    - ``guidance_schedule``: one scale per sampler step (step i runs at the schedule's i-th
+      timestep), like passing a per-step list to a diffusers loop.
+    """
+    n_train = schedule.num_train_timesteps
+    if guidance_schedule is not None:
+        if dynamic_cfg:
+            raise ValueError("give either guidance_schedule or dynamic_cfg=True, not both")
+        g = np.asarray(guidance_schedule, np.float64)
+        if g.shape != (num_steps,) or not np.all(np.isfinite(g)):
+            raise ValueError(
+                f"guidance_schedule must be {num_steps} finite numbers (one per sampler step), "
+                f"got shape {g.shape}"
+            )
+        steps = schedule.timesteps(num_steps)
+        if len(set(steps.tolist())) != num_steps:
+            raise ValueError(
+                f"guidance_schedule: the {num_steps} sampler timesteps repeat; a per-step table "
+                "needs distinct timesteps (use fewer steps)"
+            )
+        table = np.ones((n_train,), np.float32)  # entries off the schedule are never read
+        table[steps] = g.astype(np.float32)
+        return table
+    g = float(guidance_scale)
+    if not np.isfinite(g):
+        raise ValueError(f"guidance_scale must be finite, got {guidance_scale}")
+    if not dynamic_cfg:
+        return np.full((n_train,), g, np.float32)
+    t = np.arange(n_train, dtype=np.float64)
+    n = float(num_steps)
+    return (1.0 + g * (1.0 - np.cos(np.pi * ((n - t) / n) ** 5.0)) / 2.0).astype(np.float32)
 
 
 def _place(mesh: Mesh | None, state: Any, arrays: list[Any]) -> tuple[Any, list[Any]]:
-    """Shards the batch arrays over (data, fsdp); replicates parameters not already on mesh."""
+    """Shards the batch arrays over (data, fsdp) when the batch divides (else replicates them:
+    e.g. one video on an fsdp mesh that shards only the weights); replicates parameters not
+    already on ``mesh``."""
     if mesh is None:
         return state, arrays
     batch = arrays[0].shape[0]
-    ways = mesh.shape["data"] * mesh.shape["fsdp"]
-    if batch % ways:
-        raise ValueError(f"batch {batch} is not divisible by the mesh's data x fsdp = {ways}")
-    placed = [
-        None
-        if a is None
-        else jax.device_put(a, named_sharding(mesh, ("batch",) + (None,) * (a.ndim - 1)))
-        for a in arrays
-    ]
+    ways = mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1)
     replicated = NamedSharding(mesh, PartitionSpec())
+
+    if batch % ways:
+        log_choice_once(
+            ("sampling_batch_replicated", batch, ways),
+            f"sampling batch {batch} does not divide the mesh's data x fsdp = {ways}: the "
+            "videos are replicated (every device computes the whole batch; the weights stay "
+            "sharded); a batch divisible by data x fsdp shards it",
+        )
+
+    def put_batch(a):
+        if a is None:
+            return None
+        if batch % ways == 0:
+            return jax.device_put(a, named_sharding(mesh, ("batch",) + (None,) * (a.ndim - 1)))
+        return jax.device_put(a, replicated)
 
     def put(leaf):
         sharding = getattr(leaf, "sharding", None)
@@ -178,7 +262,120 @@ def _place(mesh: Mesh | None, state: Any, arrays: list[Any]) -> tuple[Any, list[
             return leaf
         return jax.device_put(leaf, replicated)
 
-    return jax.tree.map(put, state), placed
+    return jax.tree.map(put, state), [put_batch(a) for a in arrays]
+
+
+def sample_from_noise(
+    model: Any,
+    noise: jax.Array,
+    text: jax.Array,
+    *,
+    num_scenes: int,
+    negative: jax.Array | None = None,
+    num_steps: int = 50,
+    guidance_scale: float = 6.0,
+    dynamic_cfg: bool = False,
+    guidance_schedule: Sequence[float] | None = None,
+    seed: int | jax.Array = 0,
+    sampler: str = "ddim",
+    schedule: CogVideoXSchedule | None = None,
+    generate_mask: Sequence[bool] | None = None,
+    condition_latents: jax.Array | None = None,
+    mesh: Mesh | None = None,
+    causal_conditions: int = 0,
+    cache_conditions: bool = False,
+    progress: Callable[[], None] | None = None,
+    callback: Callable[[int, int, np.ndarray], None] | None = None,
+) -> jax.Array:
+    """The one sampling loop behind ``generate``, ``extend`` and ``SamplingPipeline``.
+
+    Runs the sampler from explicit initial latents ``noise`` (B, S*F, H, W, C) and returns the
+    final latents. One ``jax.jit`` per model and static setting (sampler, steps, S, CFG on/off,
+    mask 2, causal conditions, cache, callbacks on/off), cached for the model's lifetime.
+
+    Args:
+      text / negative: (B, S*T, D); ``negative`` is needed (same shape) when CFG runs, i.e.
+        ``guidance_scale > 1`` (or any ``guidance_schedule`` value > 1).
+      guidance_scale, dynamic_cfg, guidance_schedule: see ``guidance_per_timestep``.
+      seed: int or key; DPM's step noise comes from ``stream(seed, "sampler")``.
+      generate_mask (S,) + condition_latents (B, S*F, H, W, C): mask 2, condition scenes kept
+        at their values (t = 0).
+      causal_conditions: K > 0 runs the causal-condition attention mask with the first K
+        scenes as conditions; ``cache_conditions`` then computes their keys/values once.
+      progress: ``progress()`` after every step (host side).
+      callback: ``callback(step, timestep, latents)`` after every step with the latents (numpy,
+        the whole window, conditions included); read-only, unlike diffusers'
+        ``callback_on_step_end``.
+    """
+    _check_common(num_steps, sampler, guidance_scale)
+    schedule = schedule if schedule is not None else CogVideoXSchedule.create()
+    schedule.timesteps(num_steps)  # validates num_steps
+    gtable = guidance_per_timestep(
+        schedule,
+        num_steps,
+        guidance_scale,
+        dynamic_cfg=dynamic_cfg,
+        guidance_schedule=guidance_schedule,
+    )
+    if guidance_schedule is not None:
+        use_cfg = float(np.max(guidance_schedule)) > 1.0
+    else:
+        use_cfg = float(guidance_scale) > 1.0
+    noise = jnp.asarray(noise, jnp.float32)
+    text = jnp.asarray(text)
+    if noise.ndim != 5 or noise.shape[0] != text.shape[0] or noise.shape[1] % num_scenes:
+        raise ValueError(
+            f"noise must be (B={text.shape[0]}, S*F, h, w, C) latents with S={num_scenes}, "
+            f"got {tuple(noise.shape)}"
+        )
+    if use_cfg and (negative is None or tuple(np.shape(negative)) != tuple(text.shape)):
+        raise ValueError("classifier-free guidance needs negative embeddings shaped like text")
+    negative = jnp.zeros_like(text) if negative is None else jnp.asarray(negative, text.dtype)
+    if cache_conditions and not causal_conditions:
+        raise ValueError(
+            "cache_conditions=True needs the causal-condition mask (causal_conditions > 0): "
+            "under mask 1 the conditions attend to the noisy new scene, so their keys/values "
+            "change every step"
+        )
+    if cache_conditions and not (
+        isinstance(model, nnx.Module) and hasattr(model, "condition_cache")
+    ):
+        raise ValueError(
+            f"cache_conditions=True needs a Mask2DiT model (condition_cache / cached_call), "
+            f"got {type(model).__name__}"
+        )
+    mask = None if generate_mask is None else tuple(bool(m) for m in generate_mask)
+    apply, state = _apply_and_state(model)
+    static = (
+        sampler,
+        int(num_steps),
+        int(num_scenes),
+        use_cfg,
+        mask,
+        int(causal_conditions),
+        bool(cache_conditions),
+        progress is not None,
+        callback is not None,
+    )
+    fn = _sampling_fn(model, apply, static)
+    if condition_latents is None:
+        condition_latents = jnp.zeros_like(noise)
+    arrays = [text, negative, noise, jnp.asarray(condition_latents, jnp.float32)]
+    state, (text, negative, noise, condition_latents) = _place(mesh, state, arrays)
+    args = (state, schedule, text, negative, jnp.asarray(gtable), noise, as_key(seed))
+    _HOST["progress"], _HOST["callback"] = progress, callback
+    try:
+        if mesh is None:
+            out = fn(*args, condition_latents)
+        else:
+            with jax.set_mesh(mesh):
+                out = fn(*args, condition_latents)
+        if progress is not None or callback is not None:
+            out = jax.block_until_ready(out)
+            jax.effects_barrier()
+    finally:
+        _HOST["progress"], _HOST["callback"] = None, None
+    return out
 
 
 def _run(
@@ -190,42 +387,22 @@ def _run(
     generate_mask: tuple[bool, ...] | None,
     num_scenes: int,
     scene_shape: tuple[int, int, int, int],
-    num_steps: int,
-    guidance_scale: float,
     seed: int | jax.Array,
-    sampler: str,
-    mesh: Mesh | None,
-    schedule: CogVideoXSchedule | None,
-    causal_conditions: int = 0,
-    cache_conditions: bool = False,
+    **kwargs: Any,
 ) -> jax.Array:
-    schedule = schedule if schedule is not None else CogVideoXSchedule.create()
-    schedule.timesteps(num_steps)  # validates num_steps
-    use_cfg = float(guidance_scale) > 1.0
-    apply, state = _apply_and_state(model)
-    static = (
-        sampler,
-        int(num_steps),
-        num_scenes,
-        scene_shape,
-        use_cfg,
-        generate_mask,
-        int(causal_conditions),
-        bool(cache_conditions),
+    f, h, w, c = scene_shape
+    noise = initial_noise(seed, (text.shape[0], num_scenes * f, h, w, c))
+    return sample_from_noise(
+        model,
+        noise,
+        text,
+        num_scenes=num_scenes,
+        negative=negative,
+        seed=seed,
+        generate_mask=generate_mask,
+        condition_latents=condition_latents,
+        **kwargs,
     )
-    fn = _sampling_fn(model, apply, static)
-    if condition_latents is None:
-        condition_latents = jnp.zeros(
-            (text.shape[0], num_scenes * scene_shape[0], *scene_shape[1:])
-        )
-    state, (text, negative, condition_latents) = _place(
-        mesh, state, [text, negative, condition_latents]
-    )
-    guidance = jnp.float32(guidance_scale)
-    if mesh is None:
-        return fn(state, schedule, text, negative, guidance, _rng(seed), condition_latents)
-    with jax.set_mesh(mesh):
-        return fn(state, schedule, text, negative, guidance, _rng(seed), condition_latents)
 
 
 def _negative_for(
@@ -283,7 +460,8 @@ def generate(
         prompt) to follow the release.
       seed: int or PRNG key; the initial noise (and DPM's step noise) derive from it.
       sampler: "ddim" (release) or "dpm".
-      mesh: optional mesh; videos are sharded over its (data, fsdp) axes.
+      mesh: optional mesh; videos are sharded over its (data, fsdp) axes when the batch
+        divides (else replicated; parameters placed on the mesh keep their sharding).
       schedule: defaults to ``CogVideoXSchedule.create()`` (5B settings, SNR shift 1.0).
 
     Returns:

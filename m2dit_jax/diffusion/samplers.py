@@ -26,6 +26,9 @@ from m2dit_jax.diffusion.objective import merge_scenes, split_scenes
 from m2dit_jax.diffusion.schedule import CogVideoXSchedule
 
 Denoise = Callable[[jax.Array, jax.Array], jax.Array]
+# step_hook(step index, timestep, latents after the step): traced, called inside the loop body
+# (emit a ``jax.debug.callback`` from it to see values on the host).
+StepHook = Callable[[jax.Array, jax.Array, jax.Array], None]
 SAMPLERS = ("ddim", "dpm")
 
 
@@ -120,6 +123,7 @@ def _sample_loop(
     generate_mask: Any,
     condition_latents: jax.Array | None,
     return_trajectory: bool,
+    step_hook: StepHook | None = None,
 ):
     if noise.ndim != 5:
         raise ValueError(f"noise must be (B, S*F, H, W, C), got shape {noise.shape}")
@@ -167,6 +171,8 @@ def _sample_loop(
             z = jax.random.normal(jax.random.fold_in(rng, c["index"]), x.shape, jnp.float32)
             x_new = c["m1"] * xf - c["m2"] * d + c["m_noise"] * z
         x_new = reset(x_new.astype(dtype))
+        if step_hook is not None:
+            step_hook(c["index"], c["timesteps"], x_new)
         return (x_new, x0), (x_new if return_trajectory else None)
 
     x_init = reset(noise)
@@ -185,6 +191,7 @@ def ddim_sample(
     generate_mask: Any = None,
     condition_latents: jax.Array | None = None,
     return_trajectory: bool = False,
+    step_hook: StepHook | None = None,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
     """CogVideoX DDIM (deterministic) from ``noise`` (B, S*F, H, W, C); jittable.
 
@@ -197,6 +204,8 @@ def ddim_sample(
       generate_mask: optional (S,) or (B, S) bool mask 2 (True = generated).
       condition_latents: clean latents (B, S*F, H, W, C) for the condition scenes.
       return_trajectory: also return the (num_steps, B, S*F, H, W, C) latents after each step.
+      step_hook: ``step_hook(step, timestep, latents)`` traced once per step with the step
+        index, that step's timestep and the latents after it (conditions already reset).
     """
     return _sample_loop(
         "ddim",
@@ -209,6 +218,7 @@ def ddim_sample(
         generate_mask=generate_mask,
         condition_latents=condition_latents,
         return_trajectory=return_trajectory,
+        step_hook=step_hook,
     )
 
 
@@ -223,6 +233,7 @@ def dpm_sample(
     generate_mask: Any = None,
     condition_latents: jax.Array | None = None,
     return_trajectory: bool = False,
+    step_hook: StepHook | None = None,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
     """CogVideoX DPM-Solver++(2M) SDE sampler; arguments as ``ddim_sample`` plus ``rng``.
 
@@ -239,4 +250,5 @@ def dpm_sample(
         generate_mask=generate_mask,
         condition_latents=condition_latents,
         return_trajectory=return_trajectory,
+        step_hook=step_hook,
     )

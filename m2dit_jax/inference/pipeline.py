@@ -12,8 +12,15 @@ and the Python API, for every model format.
   (mask 1) from ``noise`` (explicit initial latents, or drawn from the script's seed); scripts
   with more scenes continue with scene extension one scene at a time (mask 2, a sliding
   window of ``window - 1`` condition scenes), so any number of scenes works;
-- ``extend(video, captions_so_far, script)``: encodes an existing video scene by scene and
-  appends the script's scenes.
+- ``extend(video, captions_so_far, script, noise=None)``: encodes an existing video scene by
+  scene and appends the script's scenes (``noise``: the new scenes' initial latents).
+
+Both take ``guidance_schedule`` (one CFG scale per sampler step), ``callback(step, timestep,
+latents)`` (after every denoising step) and ``cache_conditions`` (the conditions' keys/values
+computed once per extension: only for models extended with the causal-condition mask,
+``extension_mask="causal_conditions"``, which ``from_pretrained`` reads from what
+``launch.export`` recorded; refused otherwise). The denoising loop is
+``m2dit_jax.diffusion.sample_from_noise``, the one behind ``generate`` / ``extend`` too.
 
 Each scene's caption is encoded on its own; a scene without a negative caption gets the text
 side's empty embedding (T5: the encoding of ``""``, as diffusers and the release; hashed: all
@@ -37,15 +44,30 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from m2dit_jax.diffusion import CogVideoXSchedule
+from m2dit_jax.diffusion import CogVideoXSchedule, initial_noise, sample_from_noise
 from m2dit_jax.inference import codecs
-from m2dit_jax.inference.sampling import denoise_loop, initial_noise
 from m2dit_jax.inference.script import SamplerOptions, SampleScript
-from m2dit_jax.layout import extension_mask
+from m2dit_jax.layout import CAUSAL_CONDITIONS, extension_mask
 from m2dit_jax.rng import stream
 
 CONDITION_MODES = ("clean", "release")
+EXTENSION_MASKS = ("mask2dit", CAUSAL_CONDITIONS)
 OUTPUTS = ("uint8", "float")
+StepCallback = Callable[[int, int, np.ndarray], None]
+
+
+def extension_key(seed: int | jax.Array, step: int) -> jax.Array:
+    """The key of extension step ``step`` under ``seed``: the new scene's initial noise
+    (``initial_noise(key, window shape)``, when not given explicitly) and, with
+    ``condition_mode="release"``, the conditions' ``add_noise`` draw
+    (``normal(stream(key, "condition_noise"), conditions' shape)``)."""
+    return jax.random.fold_in(stream(seed, "extension"), step)
+
+
+def posterior_key(seed: int | jax.Array) -> jax.Array:
+    """The key of the release-mode posterior samples when an existing video is extended:
+    scene i of the video draws ``normal(fold_in(key, i), its latent shape)`` (``VAEVideo``)."""
+    return stream(stream(seed, "extension"), "condition_posterior")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +88,8 @@ class SamplingPipeline:
     transformer on first use. ``text_encoder`` / ``autoencoder`` are any encoder of
     ``m2dit_jax.inference.codecs`` (or the raw ``HashedWordEncoder`` /
     ``SpaceToDepthAutoencoder`` / ``T5TextEncoder`` / ``CogVideoXVAE``, wrapped here).
+    ``extension_mask``: the attention of scene extension, "mask2dit" (mask 1, the release) or
+    "causal_conditions"; None = what ``meta["cond_mask_mode"]`` records (else "mask2dit").
     """
 
     def __init__(
@@ -82,12 +106,18 @@ class SamplingPipeline:
         progress: bool = False,
         model_loader: Callable[[], Any] | None = None,
         meta: dict | None = None,
+        extension_mask: str | None = None,
     ):
         if model is None and model_loader is None:
             raise ValueError("give a model or a model_loader")
         if condition_mode not in CONDITION_MODES:
             raise ValueError(
                 f"condition_mode must be one of {CONDITION_MODES}, got {condition_mode!r}"
+            )
+        if extension_mask is not None and extension_mask not in EXTENSION_MASKS:
+            raise ValueError(
+                f"extension_mask must be one of {EXTENSION_MASKS} (or None: what the model "
+                f"records), got {extension_mask!r}"
             )
         self._model, self._model_loader = model, model_loader
         self.text_encoder = codecs.as_text_side(text_encoder)
@@ -98,10 +128,11 @@ class SamplingPipeline:
         self.default_sampler = default_sampler
         self.progress = progress
         self.meta = dict(meta or {})
-        # Extension attention of models trained with cond_mask_mode="causal_conditions"
-        # (recorded in m2dit.json's source by launch.export); mask 1 otherwise.
-        source = (self.meta.get("m2dit") or {}).get("source") or {}
-        self.causal_conditions = source.get("cond_mask_mode") == "causal_conditions"
+        # The extension attention: what the model was trained with (launch.export records
+        # diffusion.cond_mask_mode in m2dit.json's / the bundle's "source"), unless given.
+        recorded = self.meta.get("cond_mask_mode") or "mask2dit"
+        self.extension_mask = extension_mask or recorded
+        self.extension_mask_recorded = self.meta.get("cond_mask_mode")
         self._captions: dict[str, np.ndarray] = {}
         self._empty: np.ndarray | None = None
         self.set_video(**dataclasses.asdict(video))
@@ -121,7 +152,11 @@ class SamplingPipeline:
             bundle.autoencoder,
             spec,
             schedule=schedule,
-            meta={"format": "m2dit_bundle", "path": bundle.path},
+            meta={
+                "format": "m2dit_bundle",
+                "path": bundle.path,
+                "cond_mask_mode": (bundle.meta.get("source") or {}).get("cond_mask_mode"),
+            },
             **kwargs,
         )
 
@@ -155,7 +190,7 @@ class SamplingPipeline:
           lora, lora_scale: a diffusers-layout CogVideoX LoRA file (ours from ``launch.export
             --lora-only`` or a third party's; ``m2dit_jax.convert.lora``) merged into the
             transformer's weights at ``lora_scale`` times the file's own scale when it loads.
-          kwargs: ``condition_mode``, ``progress`` (see the class).
+          kwargs: ``condition_mode``, ``progress``, ``extension_mask`` (see the class).
         """
         from m2dit_jax.inference import pipeline_folder as pf
 
@@ -268,6 +303,7 @@ class SamplingPipeline:
                 "m2dit": meta,
                 "positions": positions,
                 "dtype": dtype,
+                "cond_mask_mode": (meta.get("source") or {}).get("cond_mask_mode"),
             },
             **kwargs,
         )
@@ -371,23 +407,37 @@ class SamplingPipeline:
         return video.reshape(b, -1, *video.shape[2:])
 
     # ------------------------------------------------------------------ sampling
-    def _loop(self, sampler: SamplerOptions, **kwargs: Any) -> jax.Array:
+    @property
+    def causal_conditions(self) -> bool:
+        """Whether extension runs the causal-condition attention mask."""
+        return self.extension_mask == CAUSAL_CONDITIONS
+
+    def _loop(
+        self,
+        sampler: SamplerOptions,
+        *,
+        guidance_schedule: Sequence[float] | None,
+        callback: StepCallback | None,
+        desc: str,
+        **kwargs: Any,
+    ) -> jax.Array:
         bar = None
         if self.progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=sampler.steps, desc=kwargs.pop("desc", "denoising"), unit="step")
-        kwargs.pop("desc", None)
+            bar = tqdm(total=sampler.steps, desc=desc, unit="step")
         try:
-            return denoise_loop(
+            return sample_from_noise(
                 self.model,
                 schedule=self.schedule,
                 num_steps=sampler.steps,
                 guidance_scale=sampler.guidance_scale,
                 dynamic_cfg=sampler.dynamic_cfg,
+                guidance_schedule=guidance_schedule,
                 sampler=sampler.name,
                 mesh=self.mesh,
                 progress=(lambda: bar.update(1)) if bar is not None else None,
+                callback=callback,
                 **kwargs,
             )
         finally:
@@ -401,11 +451,16 @@ class SamplingPipeline:
         negatives: Sequence[str | None] | None = None,
         *,
         noise: Any = None,
+        guidance_schedule: Sequence[float] | None = None,
+        callback: StepCallback | None = None,
     ) -> jax.Array:
         """B videos of S = num_scenes scenes sampled jointly -> latents (B, S*F', h, w, C).
 
         ``noise``: explicit initial latents (B, S*F', h, w, C); default drawn from the seed.
         ``negatives``: S per-scene negative captions shared by the batch (None = empty).
+        ``guidance_schedule``: one CFG scale per sampler step (instead of the sampler's
+        ``guidance_scale`` / ``dynamic_cfg``). ``callback(step, timestep, latents)``: called
+        after every denoising step with the latents (numpy; read-only).
         """
         s = self.video.num_scenes
         if any(len(c) != s for c in captions):
@@ -423,7 +478,9 @@ class SamplingPipeline:
             negative=negative,
             noise=noise,
             num_scenes=s,
-            rng=sampler.seed,
+            seed=sampler.seed,
+            guidance_schedule=guidance_schedule,
+            callback=callback,
             desc=f"{s} scenes",
         )
 
@@ -437,13 +494,24 @@ class SamplingPipeline:
         window: int | None = None,
         negatives: Sequence[str | None] | None = None,
         seed_offset: int = 0,
+        noise: Any = None,
+        cache_conditions: bool = False,
+        guidance_schedule: Sequence[float] | None = None,
+        callback: StepCallback | None = None,
     ) -> jax.Array:
         """Appends K scenes to B videos' latents, one extension step (mask 2) per scene.
 
         ``previous``: per video, the captions of the scenes in ``latents``; ``new``: per video,
         K captions; ``negatives``: K negative captions shared by the batch (None = empty).
-        Step k draws from ``fold_in(stream(seed, "extension"), seed_offset + k)``.
+        ``noise``: the K new scenes' initial latents (B, K*F', h, w, C); default: step k draws
+        ``initial_noise(extension_key(seed, seed_offset + k), window shape)``.
+        ``cache_conditions``: the conditions' per-layer keys/values computed once per step
+        instead of at every sampler step (exact only under the causal-condition mask, so it
+        needs ``extension_mask == "causal_conditions"``; a ``ValueError`` otherwise).
+        ``guidance_schedule`` / ``callback``: as in ``sample_latents``, for every extension.
         """
+        if cache_conditions:
+            self.check_cache_conditions()
         window = window or self.video.num_scenes
         if isinstance(window, bool) or not isinstance(window, int) or window < 2:
             raise ValueError(f"window must be an int >= 2 (conditions + new scene), got {window!r}")
@@ -455,18 +523,25 @@ class SamplingPipeline:
         negatives = list(negatives) if negatives is not None else [None] * k_new
         if len(negatives) != k_new:
             raise ValueError(f"{len(negatives)} negatives for {k_new} new scenes")
+        f = self.latent_shape[0]
+        if noise is not None:
+            want = (latents.shape[0], k_new * f, *latents.shape[2:])
+            if tuple(np.shape(noise)) != want:
+                raise ValueError(
+                    f"noise must be the {k_new} new scenes' initial latents {want} "
+                    f"(B, K*F', h, w, C), got {np.shape(noise)}"
+                )
+            noise = jnp.asarray(noise, jnp.float32)
         self.prepare_captions([c for caps in [*previous, *new] for c in caps] + negatives)
         text = self.encode_captions(previous)
         t_len = self.text_encoder.text_len
-        f = self.latent_shape[0]
         num_prior = text.shape[1] // t_len
         if latents.shape[1] != num_prior * f:
             raise ValueError(
                 f"latents hold {latents.shape[1] // f} scenes but {num_prior} captions were given"
             )
-        base = stream(sampler.seed, "extension")
         for k in range(k_new):
-            key = jax.random.fold_in(base, seed_offset + k)
+            key = extension_key(sampler.seed, seed_offset + k)
             caption = self.encode_captions([[n[k]] for n in new])  # (B, T, D)
             num_prior = latents.shape[1] // f
             num_cond = min(window - 1, num_prior)
@@ -481,39 +556,89 @@ class SamplingPipeline:
                 self.encode_negatives([negatives[k]] * s), window_text.shape
             )
             shape = (latents.shape[0], s * f, *latents.shape[2:])
+            if noise is None:
+                x_init = initial_noise(key, shape)
+            else:  # the conditions' part is replaced by their values before the first step
+                x_init = jnp.concatenate([jnp.zeros_like(cond), noise[:, k * f : (k + 1) * f]], 1)
             out = self._loop(
                 sampler,
                 text=window_text,
                 negative=negative,
-                noise=initial_noise(key, shape),
+                noise=x_init,
                 num_scenes=s,
-                rng=key,
+                seed=key,
                 generate_mask=tuple(bool(m) for m in extension_mask(s, num_cond)),
                 condition_latents=jnp.concatenate([cond, jnp.zeros_like(latents[:, :f])], 1),
                 causal_conditions=num_cond if self.causal_conditions else 0,
+                cache_conditions=cache_conditions,
+                guidance_schedule=guidance_schedule,
+                callback=callback,
                 desc=f"extending: scene {num_prior + 1}",
             )
             latents = jnp.concatenate([latents, out[:, num_cond * f :]], axis=1)
             text = jnp.concatenate([text, caption], axis=1)
         return latents
 
+    def check_cache_conditions(self) -> None:
+        """Raises a ``ValueError`` unless cached extension is exact for this pipeline (the
+        causal-condition extension mask)."""
+        if self.causal_conditions:
+            return
+        recorded = self.extension_mask_recorded or "nothing (mask 1, the release's)"
+        raise ValueError(
+            "cache_conditions (--cache-conditions) is exact only for a model trained with "
+            "diffusion.cond_mask_mode='causal_conditions', sampled with that mask; this model "
+            f"records {recorded} and extends with mask {self.extension_mask!r}. Under mask 1 "
+            "the conditions attend to the noisy new scene, so caching them would change the "
+            "result. Sample without caching, or pass extension_mask='causal_conditions' "
+            "(--extension-mask causal_conditions) if the weights were trained that way."
+        )
+
     def _script_captions(self, script: SampleScript) -> list[str | None]:
         return [*script.captions, *script.negatives]
 
     def generate(
-        self, script: SampleScript, *, noise: Any = None, output: str = "uint8"
+        self,
+        script: SampleScript,
+        *,
+        noise: Any = None,
+        output: str = "uint8",
+        cache_conditions: bool = False,
+        guidance_schedule: Sequence[float] | None = None,
+        callback: StepCallback | None = None,
     ) -> np.ndarray:
-        """All scenes of ``script`` -> (S*F, H, W, 3) video; ``noise``: the joint sample's
-        initial latents (1, S*F', h, w, C)."""
+        """All scenes of ``script`` -> (S*F, H, W, 3) video.
+
+        ``noise``: initial latents, either of the joint sample (1, S*F', h, w, C) or of every
+        scene of the script (1, N*F', h, w, C: scenes past S are the extensions' new scenes).
+        ``cache_conditions``, ``guidance_schedule``, ``callback``: see ``extend_latents``.
+        """
         s = self.video.num_scenes
         if len(script.scenes) < s:
             raise ValueError(
                 f"this model samples {s} scenes jointly; the script has {len(script.scenes)}. "
                 f"Give at least {s} scenes (more are added by scene extension)."
             )
+        if cache_conditions:
+            self.check_cache_conditions()
+        f = self.latent_shape[0]
+        joint_noise = extra_noise = None
+        if noise is not None:
+            n = len(script.scenes)
+            if np.ndim(noise) == 5 and np.shape(noise)[1] == n * f and n > s:
+                joint_noise, extra_noise = noise[:, : s * f], noise[:, s * f :]
+            else:
+                joint_noise = noise  # checked by sample_latents
         self.prepare_captions(self._script_captions(script))
         captions, negatives = script.captions, script.negatives
-        latents = self.sample_latents([captions[:s]], script.sampler, negatives[:s], noise=noise)
+        latents = self.sample_latents(
+            [captions[:s]],
+            script.sampler,
+            negatives[:s],
+            noise=joint_noise,
+            guidance_schedule=guidance_schedule,
+            callback=callback,
+        )
         if len(captions) > s:
             latents = self.extend_latents(
                 latents,
@@ -523,6 +648,10 @@ class SamplingPipeline:
                 window=script.window,
                 negatives=negatives[s:],
                 seed_offset=1,
+                noise=extra_noise,
+                cache_conditions=cache_conditions,
+                guidance_schedule=guidance_schedule,
+                callback=callback,
             )
         return self.decode_latents(latents, output=output)[0]
 
@@ -533,11 +662,18 @@ class SamplingPipeline:
         script: SampleScript,
         *,
         output: str = "uint8",
+        noise: Any = None,
+        cache_conditions: bool = False,
+        guidance_schedule: Sequence[float] | None = None,
+        callback: StepCallback | None = None,
     ) -> np.ndarray:
         """Appends ``script``'s scenes to ``video`` (whose scenes had ``previous_captions``).
 
         The previous scenes are encoded one by one (``condition_mode="release"``: a posterior
-        sample); the output repeats them as decoded from those latents, then the new scenes.
+        sample, scene i from ``fold_in(posterior_key(seed), i)``); the output repeats them as
+        decoded from those latents (before any ``add_noise``), then the new scenes.
+        ``noise``: the new scenes' initial latents (1, K*F', h, w, C); ``cache_conditions``,
+        ``guidance_schedule``, ``callback``: see ``extend_latents``.
         """
         scenes = self.split_video(video)
         if len(previous_captions) != len(scenes):
@@ -545,10 +681,12 @@ class SamplingPipeline:
                 f"the video has {len(scenes)} scenes but {len(previous_captions)} captions were "
                 "given for them"
             )
+        if cache_conditions:
+            self.check_cache_conditions()
         self.prepare_captions([*previous_captions, *self._script_captions(script)])
         key = None
         if self.condition_mode == "release":
-            key = stream(stream(script.sampler.seed, "extension"), "condition_posterior")
+            key = posterior_key(script.sampler.seed)
         latents = self.extend_latents(
             self.encode_video(video, key=key),
             [list(previous_captions)],
@@ -556,5 +694,9 @@ class SamplingPipeline:
             script.sampler,
             window=script.window,
             negatives=script.negatives,
+            noise=noise,
+            cache_conditions=cache_conditions,
+            guidance_schedule=guidance_schedule,
+            callback=callback,
         )
         return self.decode_latents(latents, output=output)[0]
