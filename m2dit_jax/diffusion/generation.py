@@ -179,6 +179,14 @@ def _check_common(num_steps: int, sampler: str, guidance_scale: float) -> None:
         raise ValueError(f"guidance_scale must be finite, got {guidance_scale}")
 
 
+def _check_cacheable(model: Any) -> None:
+    if not (isinstance(model, nnx.Module) and hasattr(model, "condition_cache")):
+        raise ValueError(
+            f"cache_conditions=True needs a Mask2DiT model (condition_cache / cached_call), "
+            f"got {type(model).__name__}"
+        )
+
+
 def initial_noise(seed: int | jax.Array, shape: Sequence[int]) -> jax.Array:
     """The initial latents x_T that ``generate`` / ``extend`` draw from ``seed`` for ``shape``
     (stream ``sample_noise``)."""
@@ -337,13 +345,8 @@ def sample_from_noise(
             "under mask 1 the conditions attend to the noisy new scene, so their keys/values "
             "change every step"
         )
-    if cache_conditions and not (
-        isinstance(model, nnx.Module) and hasattr(model, "condition_cache")
-    ):
-        raise ValueError(
-            f"cache_conditions=True needs a Mask2DiT model (condition_cache / cached_call), "
-            f"got {type(model).__name__}"
-        )
+    if cache_conditions:
+        _check_cacheable(model)
     mask = None if generate_mask is None else tuple(bool(m) for m in generate_mask)
     apply, state = _apply_and_state(model)
     static = (
@@ -546,13 +549,8 @@ def extend(
             "cache_conditions=True needs mask_mode='causal_conditions': under mask 1 the "
             "conditions attend to the noisy new scene, so their keys/values change every step"
         )
-    if cache_conditions and not (
-        isinstance(model, nnx.Module) and hasattr(model, "condition_cache")
-    ):
-        raise ValueError(
-            f"cache_conditions=True needs a Mask2DiT model (condition_cache / cached_call), "
-            f"got {type(model).__name__}"
-        )
+    if cache_conditions:
+        _check_cacheable(model)
     if isinstance(window, bool) or not isinstance(window, (int, np.integer)) or window < 2:
         raise ValueError(f"window must be an int >= 2 (conditions + new scene), got {window!r}")
     latents = jnp.asarray(scene_latents)
