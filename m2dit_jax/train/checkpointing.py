@@ -47,6 +47,21 @@ def _unreadable(error: BaseException) -> bool:
     return False
 
 
+def _file_error_reason(attempt) -> tuple[Any, str]:
+    """``(attempt(), "")``, or ``(None, reason)`` when it fails with a file / decode error.
+
+    Any other failure propagates unchanged. The catch has to be broad because orbax re-raises
+    tensorstore's file errors wrapped in a plain ``Exception``; ``_unreadable`` looks through
+    the cause chain for one of ``UNREADABLE``.
+    """
+    try:
+        return attempt(), ""
+    except Exception as e:  # noqa: BLE001 - re-raised unless a file / decode error (above)
+        if not _unreadable(e):
+            raise
+        return None, _reason(e)
+
+
 class CheckpointMismatch(ValueError):
     """A checkpoint's tree structure, shapes or dtypes differ from the current train state."""
 
@@ -231,14 +246,7 @@ class Checkpointer:
         steps = self.all_steps()
         unreadable: list[tuple[int, str]] = []
         for step in reversed(steps):
-            try:
-                meta = self.state_metadata(step)
-            except Exception as e:  # noqa: BLE001 - classified: only file errors count
-                if not _unreadable(e):
-                    raise
-                meta, reason = None, _reason(e)
-            else:
-                reason = ""
+            meta, reason = _file_error_reason(lambda step=step: self.state_metadata(step))
             if meta is not None:
                 differences = structure_differences(meta, target)
                 if differences:
@@ -250,18 +258,18 @@ class Checkpointer:
                         "train the changed config in a new workdir (init_from can start it from "
                         "converted weights)."
                     )
-                try:
+
+                def restore(step=step):
                     state = self.restore(step, target, None)
-                    if data_iterator is not None:
+                    if data_iterator is not None:  # last: only after the arrays restored
                         snapshot = IteratorStateSnapshot(data_iterator)
                         self.manager.restore(
                             step,
                             args=ocp.args.Composite(data=grain_ckpt.CheckpointRestore(snapshot)),
                         )
-                except Exception as e:  # noqa: BLE001 - classified: only file errors count
-                    if not _unreadable(e):
-                        raise
-                    reason = _reason(e)
+                    return state
+
+                state, reason = _file_error_reason(restore)
             if not _everywhere(not reason):
                 message = (
                     f"checkpoint at step {step} in {self.directory} is not restorable "
