@@ -22,6 +22,14 @@ Output in ``--out``:
 
 Stage-1 pixel sources draw S unrelated clips per sample: they are grouped once by a seeded
 permutation, so a sample's scenes are fixed by ``--seed``.
+
+Ragged scenes (``--data.ragged=True``; use ``--data.frame_rule=4k+1`` for a CogVideoX VAE):
+sources that derive each unit's layout (manifest stage 2: shot durations at ``--data.fps``)
+keep it; the others (synthetic_shapes, manifest stage 1) draw sample i's per-scene frame
+counts from (``--seed``, i). Every scene is still VAE-encoded on its own (clips of one length
+share a jitted call, so one compile per distinct length), and the record stores the scenes
+concatenated with their latent frame counts (``LatentRecord.scene_frames``). Train on them
+with ``--config.data.ragged=True`` (the pipeline buckets records by layout).
 """
 
 from __future__ import annotations
@@ -158,6 +166,42 @@ class _Stats:
         }
 
 
+_LAYOUT_TAG = 0x4A66  # rng stream of a sample's drawn scene lengths
+
+
+def _scene_clips(example: dict[str, Any], num_scenes: int, frames: int) -> list[np.ndarray]:
+    """A sample's (sum_i F_i, H, W, 3) video -> its S clips (F_i, H, W, 3)."""
+    video = np.asarray(example["video"])
+    scene_frames = example.get("scene_frames")
+    if scene_frames is None:
+        scene_frames = (frames,) * num_scenes
+    scene_frames = [int(f) for f in scene_frames]
+    if len(scene_frames) != num_scenes or sum(scene_frames) != len(video):
+        raise ValueError(
+            f"sample {example.get('id')!r}: scene_frames {scene_frames} do not split its "
+            f"{len(video)} frames into {num_scenes} scenes"
+        )
+    starts = np.cumsum([0] + scene_frames)
+    return [video[starts[k] : starts[k + 1]] for k in range(num_scenes)]
+
+
+def _encode_scenes(video_encoder, clips: list[np.ndarray], key) -> list[np.ndarray]:
+    """Encode every clip on its own; clips of one length share a call (one compiled shape
+    per length). Equal clips make exactly one call with ``key``; length group g of ragged
+    clips uses ``fold_in(key, g)``."""
+    import jax
+
+    lengths = sorted({len(c) for c in clips})
+    out: list[np.ndarray | None] = [None] * len(clips)
+    for g, length in enumerate(lengths):
+        idx = [n for n, c in enumerate(clips) if len(c) == length]
+        group_key = key if len(lengths) == 1 else jax.random.fold_in(key, g)
+        lat = video_encoder(np.stack([clips[n] for n in idx]), group_key)
+        for n, x in zip(idx, lat):
+            out[n] = x
+    return out
+
+
 def _sample_units(source, num_samples: int, seed: int) -> list[list[int]]:
     """Global unit indices of every sample: S grouped clips (stage 1) or one unit."""
     per = int(source.units_per_sample)
@@ -167,9 +211,15 @@ def _sample_units(source, num_samples: int, seed: int) -> list[list[int]]:
     return [order[i * per : (i + 1) * per].tolist() for i in range(num_samples)]
 
 
+_RAGGED_FIELDS = ("ragged", "min_frames", "max_frames", "frame_rule", "fps", "token_budget")
+
+
 def _job_description(data_config, options: PrecomputeOptions, num_samples, num_shards, vae, text):
+    skip = {"num_workers"}
+    if not data_config.get("ragged", False):  # equal jobs describe themselves as before
+        skip |= set(_RAGGED_FIELDS)
     return {
-        "data": {k: data_config[k] for k in sorted(data_config.keys()) if k != "num_workers"},
+        "data": {k: data_config[k] for k in sorted(data_config.keys()) if k not in skip},
         "options": dataclasses.asdict(options),
         "num_samples": num_samples,
         "num_shards": num_shards,
@@ -249,13 +299,27 @@ def precompute(
         raise ValueError(f"process_index={process_index} not in [0, {process_count})")
     t0 = time.time()
     num_scenes, frames = int(data_config.num_scenes), int(data_config.frames)
+    ragged = bool(data_config.get("ragged", False))
     source = build_source(data_config, process_index=0, process_count=1)
-    num_samples = source.num_units // int(source.units_per_sample)
+    unit_layouts = getattr(source, "unit_layouts", None) if ragged else None
+    if unit_layouts is not None:  # the units carry their own layouts: every usable one
+        usable = [[u] for u, layout in enumerate(unit_layouts) if layout]
+        num_samples = len(usable)
+    else:
+        num_samples = source.num_units // int(source.units_per_sample)
     if options.max_samples:
         num_samples = min(num_samples, options.max_samples)
     if num_samples == 0:
         raise ValueError(f"data source {data_config.source!r} yields no sample")
-    units = _sample_units(source, num_samples, options.seed)
+    if unit_layouts is not None:
+        units = usable[:num_samples]
+    else:
+        units = _sample_units(source, num_samples, options.seed)
+    rule = None
+    if ragged and unit_layouts is None:
+        from m2dit_jax.data.frame_sampling import FrameRule
+
+        rule = FrameRule.from_config(data_config)
     num_shards = -(-num_samples // options.samples_per_shard)
     state_dir = os.path.join(out_dir, STATE_DIR)
     os.makedirs(state_dir, exist_ok=True)
@@ -277,6 +341,14 @@ def precompute(
         "posterior": options.posterior,
         "text_encoder": type(text_encoder).__name__,
     }
+    if ragged:  # scenes of their own lengths: no single "frames"
+        del meta["frames"]
+        meta.update(
+            ragged=True,
+            min_frames=int(data_config.min_frames),
+            max_frames=int(data_config.max_frames),
+            frame_rule=str(data_config.frame_rule),
+        )
     summary = {"shards_written": 0, "shards_already_done": 0, "samples": 0, "skipped": {}}
     for shard in range(process_index, num_shards, process_count):
         stats_path = os.path.join(state_dir, f"shard-{shard:05d}.json")
@@ -291,8 +363,12 @@ def precompute(
             examples = []
             for i in indices[start : start + options.batch_size]:
                 rng = np.random.default_rng([options.seed, i])
+                kwargs = {}
+                if rule is not None:  # drawn per sample, on its own stream
+                    layout_rng = np.random.default_rng([options.seed, i, _LAYOUT_TAG])
+                    kwargs["scene_frames"] = rule.draw(layout_rng, num_scenes)
                 try:
-                    example = source.load(units[i], rng)
+                    example = source.load(units[i], rng, **kwargs)
                     captions = [str(c) for c in example["captions"]]
                     if len(captions) != num_scenes or not all(c.strip() for c in captions):
                         raise BadSample("empty_caption", str(example.get("id", i)), f"{captions}")
@@ -305,16 +381,18 @@ def precompute(
                 examples.append((i, example, captions))
             if not examples:
                 continue
-            clips = np.concatenate(
-                [np.asarray(e["video"]).reshape(num_scenes, frames, *e["video"].shape[1:])
-                 for _, e, _ in examples]
-            )  # fmt: skip
+            clips = [c for _, e, _ in examples for c in _scene_clips(e, num_scenes, frames)]
             key = jax.random.fold_in(jax.random.key(options.seed), examples[0][0])
-            latents = video_encoder(clips, key)
+            latents = _encode_scenes(video_encoder, clips, key)
             embeds, mask = text_encoder.encode([c for _, _, caps in examples for c in caps])
             for j, (i, example, captions) in enumerate(examples):
                 scene = slice(j * num_scenes, (j + 1) * num_scenes)
-                lat = latents[scene].astype(options.latents_dtype)
+                per_scene = [x.astype(options.latents_dtype) for x in latents[scene]]
+                scene_frames = tuple(len(x) for x in per_scene)
+                if len(set(scene_frames)) == 1:
+                    lat = np.stack(per_scene)
+                else:
+                    lat = np.concatenate(per_scene)
                 stats.add_latents(lat)
                 records.append(
                     LatentRecord(
@@ -324,6 +402,7 @@ def precompute(
                         text_embeds=embeds[scene].astype(options.embeds_dtype),
                         text_mask=mask[scene],
                         meta=meta,
+                        scene_frames=scene_frames,
                     )
                 )
                 stats.samples += 1

@@ -42,7 +42,9 @@ class SceneLayout:
     Args:
       num_scenes: S, the number of scenes (captions and clips).
       text_len: real caption tokens per scene (CogVideoX: 226).
-      frames: latent frames per scene (after temporal patching).
+      frames: latent frames per scene (after temporal patching): one int for equal scenes, or
+        a tuple of S ints for scenes of their own lengths ("ragged", e.g. ``(13, 4, 9)``). A
+        tuple of equal values is stored as the int, so the equal layout is one object.
       grid_h: video tokens per frame along height (latent H / patch).
       grid_w: video tokens per frame along width (latent W / patch).
       text_pad_to: each caption block is padded up to a multiple of this (kernel block
@@ -57,7 +59,7 @@ class SceneLayout:
 
     num_scenes: int
     text_len: int
-    frames: int
+    frames: int | tuple[int, ...]
     grid_h: int
     grid_w: int
     text_pad_to: int = 1
@@ -69,7 +71,8 @@ class SceneLayout:
             raise ValueError(
                 f"SceneLayout.mask_mode must be one of {LAYOUT_MASK_MODES}, got {self.mask_mode!r}"
             )
-        for name in ("num_scenes", "text_len", "frames", "grid_h", "grid_w", "text_pad_to"):
+        self._normalise_frames()
+        for name in ("num_scenes", "text_len", "grid_h", "grid_w", "text_pad_to"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
                 raise ValueError(f"SceneLayout.{name} must be an int, got {value!r}")
@@ -90,7 +93,66 @@ class SceneLayout:
                 f"(got mask_mode={self.mask_mode!r}); mask 2 alone does not change attention"
             )
 
+    def _normalise_frames(self) -> None:
+        frames = self.frames
+        if isinstance(frames, (list, tuple, np.ndarray)):
+            values = tuple(frames)
+            for f in values:
+                if isinstance(f, bool) or not isinstance(f, (int, np.integer)) or f <= 0:
+                    raise ValueError(
+                        f"SceneLayout.frames must hold positive ints (latent frames per scene), "
+                        f"got {frames!r}"
+                    )
+            if not isinstance(self.num_scenes, bool) and len(values) != self.num_scenes:
+                raise ValueError(
+                    f"SceneLayout.frames has {len(values)} per-scene counts {values} but "
+                    f"num_scenes={self.num_scenes}"
+                )
+            values = tuple(int(f) for f in values)
+            frames = values[0] if len(set(values)) == 1 else values
+        elif isinstance(frames, bool) or not isinstance(frames, (int, np.integer)) or frames <= 0:
+            raise ValueError(f"SceneLayout.frames must be a positive int or a tuple, got {frames!r}")
+        else:
+            frames = int(frames)
+        object.__setattr__(self, "frames", frames)
+
     # ------------------------------------------------------------------ sizes
+    @property
+    def is_ragged(self) -> bool:
+        """True when scenes have different frame counts (``frames`` is a tuple)."""
+        return isinstance(self.frames, tuple)
+
+    @property
+    def scene_frames(self) -> tuple[int, ...]:
+        """Latent frames of each scene, (S,) ints."""
+        if self.is_ragged:
+            return self.frames
+        return (self.frames,) * self.num_scenes
+
+    @property
+    def total_frames(self) -> int:
+        """Latent frames of all scenes together (the model's latent frame axis)."""
+        return sum(self.scene_frames)
+
+    @property
+    def video_lens(self) -> tuple[int, ...]:
+        """Video tokens of each scene, (S,) ints."""
+        return tuple(f * self.tokens_per_frame for f in self.scene_frames)
+
+    @property
+    def video_starts(self) -> tuple[int, ...]:
+        """Index of each scene's first video token, (S,) ints."""
+        starts, at = [], self.text_total
+        for n in self.video_lens:
+            starts.append(at)
+            at += n
+        return tuple(starts)
+
+    @property
+    def frame_starts(self) -> tuple[int, ...]:
+        """Index of each scene's first latent frame on the concatenated frame axis, (S,)."""
+        return tuple(int(x) for x in np.cumsum((0,) + self.scene_frames[:-1]))
+
     @property
     def text_block(self) -> int:
         """Tokens per caption block, padding included."""
@@ -107,7 +169,12 @@ class SceneLayout:
 
     @property
     def video_len(self) -> int:
-        """Video tokens per scene."""
+        """Video tokens per scene (equal scenes only: ragged layouts have ``video_lens``)."""
+        if self.is_ragged:
+            raise ValueError(
+                f"this layout's scenes have different frame counts {self.frames}: there is no "
+                "single video_len; use video_lens / video_slice(i)"
+            )
         return self.frames * self.grid_h * self.grid_w
 
     @property
@@ -117,7 +184,7 @@ class SceneLayout:
 
     @property
     def video_total(self) -> int:
-        return self.num_scenes * self.video_len
+        return self.total_frames * self.tokens_per_frame
 
     @property
     def seq_len(self) -> int:
@@ -143,8 +210,8 @@ class SceneLayout:
     def video_slice(self, i: int) -> slice:
         """Video tokens of scene i."""
         self._check_scene(i)
-        start = self.text_total + i * self.video_len
-        return slice(start, start + self.video_len)
+        start = self.video_starts[i]
+        return slice(start, start + self.video_lens[i])
 
     # ------------------------------------------------------------------ per-token arrays
     def scene_ids(self) -> np.ndarray:
@@ -160,7 +227,8 @@ class SceneLayout:
         return self.token_is_padding(np.arange(self.seq_len))
 
     def frame_ids(self) -> np.ndarray:
-        """(seq_len,) int32 global latent-frame index (0..S*F-1) of video tokens, -1 for text.
+        """(seq_len,) int32 global latent-frame index (0..total_frames-1) of video tokens, -1
+        for text.
 
         Temporal positions run continuously across scenes (no reset at a cut).
         """
@@ -176,7 +244,12 @@ class SceneLayout:
 
     def token_scene(self, idx: Any) -> Any:
         video = self.token_is_video(idx)
-        video_scene = (idx - self.text_total) // self.video_len
+        if self.is_ragged:  # count the scene starts at or before idx (S is small)
+            video_scene = 0
+            for start in self.video_starts[1:]:
+                video_scene = video_scene + (idx >= start) * 1
+        else:
+            video_scene = (idx - self.text_total) // self.video_len
         text_scene = idx // self.text_block
         return video * video_scene + (1 - video) * text_scene
 
@@ -225,12 +298,13 @@ class SceneLayout:
         """Fraction of (query, key) pairs that mask 1 blocks, computed without an L x L array."""
         if self.mask_mode != "mask2dit":
             raise ValueError("blocked_fraction() is defined for mask_mode='mask2dit' only")
-        s, t, v = self.num_scenes, self.text_block, self.video_len
-        real_t = self.text_len
+        t, real_t, total = self.text_block, self.text_len, self.video_total
         # Allowed pairs counted per query kind; padding keys are never allowed.
-        text_rows = s * t * (real_t + v)  # own real text + own video (pad rows: own text only)
-        text_rows -= s * self.text_padding * v
-        video_rows = s * v * (real_t + s * v)
+        text_rows = video_rows = 0
+        for v in self.video_lens:
+            text_rows += t * (real_t + v)  # own real text + own video (pad rows: own text only)
+            text_rows -= self.text_padding * v
+            video_rows += v * (real_t + total)
         return 1.0 - (text_rows + video_rows) / float(self.seq_len) ** 2
 
     @classmethod
@@ -238,7 +312,7 @@ class SceneLayout:
         cls,
         num_scenes: int,
         text_len: int,
-        latent_frames: int,
+        latent_frames: int | tuple[int, ...],
         latent_h: int,
         latent_w: int,
         patch_size: int = 2,
@@ -247,9 +321,16 @@ class SceneLayout:
         mask_mode: str = "mask2dit",
         num_conditions: int = 0,
     ) -> SceneLayout:
-        """Layout for per-scene latents of shape (latent_frames, latent_h, latent_w, C)."""
+        """Layout for per-scene latents of shape (latent_frames, latent_h, latent_w, C);
+        ``latent_frames`` may be a tuple of S per-scene counts (ragged scenes)."""
+        ragged = isinstance(latent_frames, (list, tuple))
+        per_scene = tuple(latent_frames) if ragged else (latent_frames,)
+        for f in per_scene:
+            if isinstance(f, bool) or not isinstance(f, (int, np.integer)) or f <= 0 or f % patch_t:
+                raise ValueError(
+                    f"latent_frames={latent_frames} must be positive multiples of the patch {patch_t}"
+                )
         for name, size, p in (
-            ("latent_frames", latent_frames, patch_t),
             ("latent_h", latent_h, patch_size),
             ("latent_w", latent_w, patch_size),
         ):
@@ -258,7 +339,7 @@ class SceneLayout:
         return cls(
             num_scenes,
             text_len,
-            latent_frames // patch_t,
+            tuple(f // patch_t for f in per_scene) if ragged else latent_frames // patch_t,
             latent_h // patch_size,
             latent_w // patch_size,
             text_pad_to,

@@ -29,6 +29,7 @@ def test_synthetic_batch_shapes_and_dtypes():
     batch = next(make_dataset(_config(), seed=0, batch_size=4))
     expected = {
         "video": ((4, 12, 16, 16, 3), np.uint8),
+        "scene_frames": ((4, 3), np.int32),  # frames per scene on the video's frame axis
         "captions": ((4, 3), object),
         "ids": ((4,), np.int64),
         "attrs_colour": ((4, 3), np.int32),

@@ -134,3 +134,35 @@ def test_sincos_stretch_matches_torch_trilinear():
     layout1, layout3 = stretch.layout((2, 8, 8, 4), 1), stretch.layout((6, 8, 8, 4), 3)
     np.testing.assert_array_equal(stretch._sincos(layout1), plain._sincos(layout1))
     assert float(jnp.abs(stretch._sincos(layout3) - plain._sincos(layout3)).max()) > 0.1
+
+
+@pytest.mark.parametrize("positions", ["rope", "sincos"])
+def test_ragged_scenes_match_the_diffusers_modules(tmp_path, positions):
+    """Scenes of 3, 1 and 2 latent frames: shared t equals diffusers on the whole clip with
+    mask 1 of the ragged layout (positions run over all 6 frames); per-scene t equals the
+    per-scene reference."""
+    frames, t_len = (3, 1, 2), TINY["max_text_seq_length"]
+    s = len(frames)
+    torch_model = random_diffusers_transformer(
+        positions, seed=5, max_text_seq_length=s * t_len, sample_frames=9
+    )
+    model = _load(torch_model, tmp_path, "t", text_len=t_len)
+    latents, text, t = _inputs(4, 2, sum(frames), 8, 8, s * t_len)
+    layout = model.layout(latents.shape, s, scene_frames=frames)
+    assert layout.scene_frames == frames and layout.video_lens == (48, 16, 32)
+    mask = np.broadcast_to(layout.dense_mask(), (2, layout.seq_len, layout.seq_len)).copy()
+    rope = diffusers_rope(torch_model, sum(frames), 8, 8) if positions == "rope" else None
+    ragged = nnx.jit(Mask2DiT.__call__, static_argnames=("num_scenes", "scene_frames"))
+    args = (jnp.asarray(latents), jnp.asarray(text))
+    got = ragged(model, *args, jnp.asarray(t), num_scenes=s, scene_frames=frames)
+    want = run_diffusers(torch_model, latents, text, t, rope=rope, mask=mask)
+    assert np.abs(np.asarray(got) - want).max() <= TOL
+    timesteps = np.array([[0, 999, 5], [412, 0, 0]], dtype=np.int64)
+    got = ragged(model, *args, jnp.asarray(timesteps), num_scenes=s, scene_frames=frames)
+    want = per_scene_reference(
+        torch_model, latents, text, timesteps, s, mask, rope=rope, scene_frames=frames
+    )
+    assert np.abs(np.asarray(got) - want).max() <= TOL
+    # an equal layout of the same 6 frames is a different mask: the outputs differ
+    equal = ragged(model, *args, jnp.asarray(timesteps), num_scenes=s, scene_frames=None)
+    assert np.abs(np.asarray(equal) - want).max() > 100 * TOL

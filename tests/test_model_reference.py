@@ -82,12 +82,15 @@ def run_diffusers(model, latents, text, timesteps, *, rope=None, mask=None) -> n
     return out.numpy().transpose(0, 1, 3, 4, 2)
 
 
-def per_scene_reference(model, latents, text, timesteps, num_scenes, mask, rope=None):
+def per_scene_reference(
+    model, latents, text, timesteps, num_scenes, mask, rope=None, scene_frames=None
+):
     """Independent per-scene-timestep reference built from the diffusers modules.
 
     ``timesteps`` (B, S): every block's adaLN (and the output norm) uses scene i's embedding for
-    scene i's caption and video tokens; attention takes the boolean mask. Returns numpy
-    (B, S*F, H, W, C_out).
+    scene i's caption and video tokens; attention takes the boolean mask. ``scene_frames``:
+    per-scene latent frames for scenes of different lengths (default: S equal scenes).
+    Returns numpy (B, S*F, H, W, C_out).
     """
     import torch
     import torch.nn.functional as F
@@ -97,7 +100,10 @@ def per_scene_reference(model, latents, text, timesteps, num_scenes, mask, rope=
     s = num_scenes
     t_len = text.shape[1] // s
     p = model.config.patch_size
-    v_len = (sf // s) * (h // p) * (w // p)
+    if scene_frames is None:
+        v_len = (sf // s) * (h // p) * (w // p)
+    else:
+        v_len = torch.tensor([f * (h // p) * (w // p) for f in scene_frames])
     ts = torch.from_numpy(np.asarray(timesteps, np.float32))
     with torch.no_grad():
         temb = model.time_embedding(model.time_proj(ts.reshape(-1)).float()).reshape(b, s, -1)

@@ -748,3 +748,49 @@ def test_sampling_on_a_mesh_matches_one_device(jax_folder, jax_pipe):
     err = float(np.abs(got - want).max())
     print(f"mesh fsdp 2 x context 2 vs one device: {err:.1e}")
     assert err <= 1e-5, err
+
+
+def test_scenes_of_their_own_lengths_through_the_pipeline(jax_pipe):
+    """A script with per-scene `frames:` / `seconds:`: 17, 9 and 1 pixel frames (5, 3, 1
+    latent frames; the VAE round-trips 8k+1 frames); the joint part equals the library's ragged
+    `generate` with the same seed, every scene is decoded on its own, extension appends a
+    1-frame shot."""
+    from m2dit_jax.diffusion import generate
+    from m2dit_jax.inference.script import SamplerOptions, parse_script
+
+    pipe = jax_pipe
+    seconds = 7.6 / pipe.video.fps  # 7.6 frames -> 9 (the nearest count that round-trips)
+    script = parse_script({
+        "sampler": {"steps": 3, "guidance_scale": 6.0, "seed": 2},
+        "scenes": [{"caption": API_CAPTIONS[0], "frames": 17},
+                   {"caption": API_CAPTIONS[1], "seconds": seconds},
+                   {"caption": API_CAPTIONS[2], "frames": 1}],
+    })  # fmt: skip
+    assert pipe.scene_pixel_frames(script) == (17, 9, 1)
+    assert pipe.scene_latent_frames(script) == (5, 3, 1)
+    video = pipe.generate(script, output="float")
+    assert video.shape == (27, SIZE, SIZE, 3)
+    sampler = SamplerOptions(steps=3, guidance_scale=6.0, seed=2)
+    joint = pipe.sample_latents([API_CAPTIONS[:2]], sampler, scene_frames=(5, 3))
+    assert joint.shape == (1, 8, 4, 4, 4)
+    ref = generate(
+        pipe.model, pipe.encode_captions(API_CAPTIONS[:2]), num_scenes=2,
+        latent_shape=pipe.latent_shape[1:], scene_frames=(5, 3), num_steps=3,
+        guidance_scale=6.0, negative_text_embeds=pipe.encode_negatives([None, None]), seed=2,
+        schedule=pipe.schedule,
+    )  # fmt: skip
+    np.testing.assert_allclose(np.asarray(ref), np.asarray(joint), atol=1e-5)
+    first = pipe.decode_latents(joint[:, :5], output="float", scene_frames=(5,))[0]
+    np.testing.assert_allclose(video[:17], first, atol=1e-5)
+    # extending the ragged video by one more 9-frame scene (script lengths for new scenes)
+    more = parse_script({"sampler": {"steps": 3, "seed": 2},
+                         "scenes": [{"caption": API_CAPTIONS[3], "frames": 9}]})  # fmt: skip
+    uint8 = pipe.generate(script)
+    longer = pipe.extend(uint8, API_CAPTIONS[:3], more, previous_frames=(17, 9, 1))
+    assert longer.shape == (36, SIZE, SIZE, 3)
+    with pytest.raises(ValueError, match="do not add up"):
+        pipe.extend(uint8, API_CAPTIONS[:3], more, previous_frames=(17, 9, 2))
+    for frames, why in ((6, "1 \\+ 4k"), (5, "decode to 8 frames")):
+        bad = parse_script({"scenes": [{"caption": "x", "frames": frames}, "y"]})
+        with pytest.raises(ValueError, match=f"scene 1.*{frames} frames do not fit.*{why}"):
+            pipe.scene_latent_frames(bad)

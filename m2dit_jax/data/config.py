@@ -20,7 +20,8 @@ def default_data_config() -> ml_collections.ConfigDict:
         file (latents). Unused by synthetic_shapes.
       tfds_name, tfds_split: registered TFDS builder name and split for source="tfds".
       num_scenes: S, scenes per sample.
-      frames: pixel frames per scene (pixel sources; latents use what the shards hold).
+      frames: pixel frames per scene (pixel sources; latents use what the shards hold);
+        unused with ragged=True (scenes then have min_frames..max_frames frames).
       height, width: pixel frame size per scene (resize short side, then centre crop).
       stage: 1 = S unrelated single-scene clips, stride ``stage1_stride`` from a random start
         inside the middle ``middle_fraction`` of the clip; 2 = S consecutive shots of one
@@ -41,7 +42,39 @@ def default_data_config() -> ml_collections.ConfigDict:
       text_encoder: "none" | "hashed" (``HashedWordEncoder(text_len, text_dim, text_seed)``)
         -> adds ``text_embeds`` (B, S*T, D) float32 and ``text_mask`` (B, S*T) bool.
       video_encoder: "none" | "space_to_depth" (``SpaceToDepthAutoencoder(patch_t, patch_s)``)
-        -> adds ``latents`` (B, S*F/patch_t, H/patch_s, W/patch_s, 3*patch_t*patch_s^2).
+        -> adds ``latents`` (B, S*F/patch_t, H/patch_s, W/patch_s, 3*patch_t*patch_s^2)
+        (ragged: sum_i F_i/patch_t frames, each scene encoded on its own).
+      ragged: scenes of their own lengths. False (default) = every scene has ``frames`` pixel
+        frames (the batches of before). True = each scene's pixel frame count is an allowed
+        count (below) drawn or derived per sample, and samples of equal layout are bucketed
+        into one batch: synthetic_shapes and manifest stage 1 draw the batch's layout from
+        (seed, batch index) (all its samples share it); manifest stage 2 derives each unit's
+        layout from the shot times alone (``fps``) and latents shards from each record's
+        ``scene_frames``; the pipeline then groups units by layout, picks each batch's layout
+        from (seed, batch index) with probability proportional to the layout's share of the
+        data, and fills it from that layout's own seeded, per-epoch reshuffled stream (so every
+        process of a job uses the same layout at the same step). Not supported by ``tfds``.
+      min_frames, max_frames: allowed pixel frames per ragged scene (inclusive; both must obey
+        ``frame_rule``).
+      frame_rule: which counts a ragged scene may have: "multiple" = multiples of ``patch_t``
+        with video_encoder="space_to_depth" (any count otherwise); "4k+1" = 1, 5, 9, ...
+        (CogVideoX VAE: 4k+1 pixel frames -> k+1 latent frames; for precompute). A count is
+        always rounded down to the rule.
+      fps: manifest with ragged=True, stage 2: each shot is sampled at this rate (frames at
+        ``start + k / fps``); its frame count is floor(duration * fps), capped at max_frames
+        (a random window of the shot), rounded down to the rule. A shot that yields fewer than
+        min_frames is skipped and counted as ``too_short`` (with every sample using it).
+        Required (> 0) for ragged stage 2; unused otherwise.
+      token_budget: with ragged=True, the most pixel frames a sample's scenes may have
+        together (0 = no limit): the longest scene (first on ties) is shortened to the next
+        allowed count until the total fits. Video tokens = latent frames x tokens per frame
+        (fixed by height/width and the patch sizes), so a frame budget is a token budget.
+        Must be >= num_scenes * min_frames.
+
+    Batch key ``scene_frames`` (B, S) int32, always present: frames of each scene on the frame
+    axis of the batch's array (pixel frames of ``video``; latent frames once the video encoder
+    made ``latents``, which then also adds ``video_scene_frames``, the pixel counts; the
+    stored latent frames for source="latents"). All rows of a batch are equal.
     """
     c = ml_collections.ConfigDict()
     c.source = "synthetic_shapes"
@@ -75,6 +108,12 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.video_encoder = "none"
     c.patch_t = 1
     c.patch_s = 1
+    c.ragged = False
+    c.min_frames = 2
+    c.max_frames = 6
+    c.frame_rule = "multiple"  # "multiple" (of patch_t with space_to_depth) | "4k+1"
+    c.fps = 0.0
+    c.token_budget = 0
     return c
 
 
@@ -110,7 +149,54 @@ def validate_data_config(c) -> None:
     if c.source == "latents":
         need(c.text_encoder == "none", "text_encoder", "latents shards already hold text embeds")
         need(c.video_encoder == "none", "video_encoder", "latents shards are already encoded")
+    _validate_ragged(c, need)
     if c.video_encoder == "space_to_depth":
-        need(int(c.patch_t) > 0 and c.frames % c.patch_t == 0, "patch_t", "must divide frames")
+        need(int(c.patch_t) > 0, "patch_t", "must be a positive int")
+        if not c.get("ragged", False):
+            need(c.frames % c.patch_t == 0, "patch_t", "must divide frames")
         for side in ("height", "width"):
             need(int(c.patch_s) > 0 and c[side] % c.patch_s == 0, "patch_s", f"must divide {side}")
+
+
+def _validate_ragged(c, need) -> None:
+    from m2dit_jax.data.frame_sampling import FRAME_RULES, FrameRule
+
+    # Configs saved before ragged scenes existed lack these fields: they mean ragged=False.
+    if "ragged" not in c:
+        return
+    need(isinstance(c.ragged, bool), "ragged", "must be True or False")
+    if not c.ragged:
+        need(
+            int(c.get("token_budget", 0)) == 0,
+            "token_budget",
+            "shortens ragged scenes: needs ragged=True",
+        )
+        return
+    for field in ("min_frames", "max_frames", "frame_rule", "fps", "token_budget"):
+        if field not in c:
+            raise ValueError(f"data config field {field!r} is missing (see default_data_config)")
+    need(c.frame_rule in FRAME_RULES, "frame_rule", f"must be one of {FRAME_RULES}")
+    need(float(c.fps) >= 0, "fps", "must be >= 0 (0 = unused)")
+    need(int(c.token_budget) >= 0, "token_budget", "must be >= 0 (0 = no limit)")
+    need(
+        c.source != "tfds",
+        "ragged",
+        "is not supported by source='tfds' (use a manifest, or precompute latents shards)",
+    )
+    need(int(c.min_frames) > 0, "min_frames", "must be a positive int")
+    need(int(c.max_frames) >= int(c.min_frames), "max_frames", "must be >= min_frames")
+    if c.video_encoder == "space_to_depth":
+        need(c.frame_rule == "multiple", "frame_rule", "must be 'multiple' for space_to_depth")
+        need(int(c.patch_t) > 0, "patch_t", "must be a positive int")
+    rule = FrameRule.from_config(c)
+    what = "of the form 4k+1" if rule.rule == "4k+1" else f"a multiple of {rule.multiple} (patch_t)"
+    for field in ("min_frames", "max_frames"):
+        need(rule.obeys(int(c[field])), field, f"must obey frame_rule={c.frame_rule!r}: {what}")
+    budget = int(c.token_budget)
+    need(
+        budget == 0 or budget >= int(c.num_scenes) * int(c.min_frames),
+        "token_budget",
+        f"must be 0 or >= num_scenes * min_frames = {int(c.num_scenes) * int(c.min_frames)}",
+    )
+    if c.source == "manifest" and c.stage == 2:
+        need(float(c.fps) > 0, "fps", "ragged stage 2 samples each shot at fps: must be > 0")

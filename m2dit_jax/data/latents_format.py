@@ -4,10 +4,12 @@ One record = one multi-scene sample, serialised with msgpack:
 
     {
       "format": "m2dit-latents",          # magic
-      "version": 1,                        # LATENTS_FORMAT_VERSION
+      "version": 2,                        # LATENTS_FORMAT_VERSION
       "id": str,                           # traceability (video path + shot ids, ...)
       "captions": [str] * S,
-      "latents": array (S, F, h, w, C)      float16 | float32
+      "scene_frames": [int] * S,           # latent frames of each scene (version 2)
+      "latents": array (S, F, h, w, C)      float16 | float32  (equal scenes), or
+                 array (sum_i F_i, h, w, C)                     (ragged: scenes concatenated)
       "text_embeds": array (S, T, D)        float16 | float32
       "text_mask": array (S, T)             bool, True = real token
       "meta": {str: str | int | float},    # free-form (vae name, scaling factor, fps, ...)
@@ -16,6 +18,12 @@ One record = one multi-scene sample, serialised with msgpack:
 Arrays are stored as ``{"dtype": str, "shape": [..], "data": bytes}`` (C order, little-endian),
 so a record is independent of numpy's pickle format. Latents are the *scaled* VAE latents the
 DiT trains on (CogVideoX: ``vae_latent * scaling_factor``), frames-first per scene.
+
+Version 1 records (before ragged scenes) have no ``scene_frames`` and always 5-D latents;
+they still read (every scene has F frames). Version 2 adds ``scene_frames``, checked against
+the latents: a record of scenes of their own lengths ("ragged") stores its scenes concatenated
+along the frame axis. Equal scenes are always stored 5-D (a ragged record whose counts are
+all equal is normalised to that form).
 
 ``write_latent_shard(path, records)`` writes one ArrayRecord file (group_size 1 for random
 access); ``read_latent_shard(path)`` reads it back; ``LatentShardSource(paths)`` is a grain
@@ -33,7 +41,9 @@ import msgpack
 import numpy as np
 
 LATENTS_FORMAT = "m2dit-latents"
-LATENTS_FORMAT_VERSION = 1
+LATENTS_FORMAT_VERSION = 2
+# Versions the reader accepts (1: no scene_frames, equal scenes only).
+READABLE_VERSIONS = (1, 2)
 # ArrayRecord options: one record per chunk so that random access reads exactly one record.
 ARRAY_RECORD_OPTIONS = "group_size:1"
 
@@ -51,10 +61,14 @@ class LatentRecord:
     Attributes:
       id: a unique, human-readable sample id.
       captions: S caption strings (what the text embeddings encode).
-      latents: (S, F, h, w, C) float16/float32 scaled VAE latents, one clip per scene.
+      latents: (S, F, h, w, C) float16/float32 scaled VAE latents, one clip per scene; for
+        scenes of their own lengths (sum_i F_i, h, w, C), scenes concatenated, with
+        ``scene_frames`` given.
       text_embeds: (S, T, D) float16/float32 text-encoder outputs, one caption per scene.
       text_mask: (S, T) bool, True = real token.
       meta: free-form scalar metadata (str/int/float values).
+      scene_frames: (S,) latent frames per scene; None = from a 5-D ``latents``. Always set
+        after construction; ``is_ragged`` when they differ.
     """
 
     id: str
@@ -63,10 +77,32 @@ class LatentRecord:
     text_embeds: np.ndarray
     text_mask: np.ndarray
     meta: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    scene_frames: tuple[int, ...] | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "captions", tuple(self.captions))
-        object.__setattr__(self, "latents", np.asarray(self.latents))
+        latents = np.asarray(self.latents)
+        frames = self.scene_frames
+        if frames is not None:
+            frames = tuple(frames)
+            if (
+                not all(
+                    isinstance(f, (int, np.integer)) and not isinstance(f, bool) and f > 0
+                    for f in frames
+                )
+                or not frames
+            ):
+                raise LatentFormatError(
+                    f"latents record {self.id!r}: scene_frames must be positive ints, "
+                    f"got {frames!r}"
+                )
+            frames = tuple(int(f) for f in frames)
+            if latents.ndim == 4 and len(set(frames)) == 1 and sum(frames) == latents.shape[0]:
+                latents = latents.reshape(len(frames), frames[0], *latents.shape[1:])
+        elif latents.ndim == 5:
+            frames = (latents.shape[1],) * latents.shape[0]
+        object.__setattr__(self, "scene_frames", frames)
+        object.__setattr__(self, "latents", latents)
         object.__setattr__(self, "text_embeds", np.asarray(self.text_embeds))
         object.__setattr__(self, "text_mask", np.asarray(self.text_mask))
         object.__setattr__(self, "meta", dict(self.meta))
@@ -74,7 +110,23 @@ class LatentRecord:
 
     @property
     def num_scenes(self) -> int:
-        return self.latents.shape[0]
+        return len(self.scene_frames)
+
+    @property
+    def is_ragged(self) -> bool:
+        """True when the scenes have different latent frame counts (latents are 4-D)."""
+        return self.latents.ndim == 4
+
+    def concatenated_latents(self) -> np.ndarray:
+        """(sum_i F_i, h, w, C): every scene's latents along one frame axis."""
+        if self.is_ragged:
+            return self.latents
+        return self.latents.reshape(-1, *self.latents.shape[2:])
+
+    def scene_latents(self, i: int) -> np.ndarray:
+        """(F_i, h, w, C) latents of scene i."""
+        start = sum(self.scene_frames[:i])
+        return self.concatenated_latents()[start : start + self.scene_frames[i]]
 
 
 def validate_record(record: LatentRecord) -> None:
@@ -83,11 +135,25 @@ def validate_record(record: LatentRecord) -> None:
         raise LatentFormatError(f"latents record id must be a non-empty str, got {record.id!r}")
     lat, emb, mask = record.latents, record.text_embeds, record.text_mask
     where = f"latents record {record.id!r}"
-    if lat.ndim != 5:
-        raise LatentFormatError(f"{where}: latents must be (S, F, h, w, C), got {lat.shape}")
+    frames = record.scene_frames
+    if lat.ndim == 4 and frames is not None:
+        if sum(frames) != lat.shape[0]:
+            raise LatentFormatError(
+                f"{where}: scene_frames {frames} sum to {sum(frames)} frames but the latents "
+                f"(sum_i F_i, h, w, C) have {lat.shape[0]}"
+            )
+    elif lat.ndim != 5:
+        raise LatentFormatError(
+            f"{where}: latents must be (S, F, h, w, C), or (sum_i F_i, h, w, C) with "
+            f"scene_frames, got {lat.shape}"
+        )
+    elif frames != (lat.shape[1],) * lat.shape[0]:
+        raise LatentFormatError(
+            f"{where}: scene_frames {frames} disagree with latents of shape {lat.shape}"
+        )
     if lat.dtype.name not in _FLOAT_DTYPES:
         raise LatentFormatError(f"{where}: latents dtype must be float16/float32, got {lat.dtype}")
-    num_scenes = lat.shape[0]
+    num_scenes = len(frames)
     if num_scenes < 1 or min(lat.shape) < 1:
         raise LatentFormatError(f"{where}: latents has an empty axis: {lat.shape}")
     if emb.ndim != 3 or emb.shape[0] != num_scenes:
@@ -138,6 +204,7 @@ def encode_record(record: LatentRecord) -> bytes:
             "version": LATENTS_FORMAT_VERSION,
             "id": record.id,
             "captions": list(record.captions),
+            "scene_frames": list(record.scene_frames),
             "latents": _pack_array(record.latents),
             "text_embeds": _pack_array(record.text_embeds),
             "text_mask": _pack_array(record.text_mask),
@@ -147,8 +214,7 @@ def encode_record(record: LatentRecord) -> bytes:
     )
 
 
-def decode_record(data: bytes) -> LatentRecord:
-    """bytes -> LatentRecord; raises ``LatentFormatError`` on a foreign or newer record."""
+def _unpack_record(data: bytes) -> dict[str, Any]:
     try:
         obj = msgpack.unpackb(data, raw=False)
     except Exception as e:  # msgpack raises several unrelated exception types
@@ -156,14 +222,42 @@ def decode_record(data: bytes) -> LatentRecord:
     if not isinstance(obj, dict) or obj.get("format") != LATENTS_FORMAT:
         raise LatentFormatError("record is not an m2dit latents record (bad 'format' field)")
     version = obj.get("version")
-    if version != LATENTS_FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise LatentFormatError(
             f"latents record version {version!r} is not supported (reader knows "
-            f"{LATENTS_FORMAT_VERSION})"
+            f"{READABLE_VERSIONS})"
         )
     missing = {"id", "captions", "latents", "text_embeds", "text_mask"} - set(obj)
+    if version >= 2:
+        missing |= {"scene_frames"} - set(obj)
     if missing:
         raise LatentFormatError(f"latents record misses fields {sorted(missing)}")
+    return obj
+
+
+def record_scene_frames(data: bytes) -> tuple[int, ...]:
+    """The (S,) latent frames per scene of an encoded record, without building its arrays
+    (for bucketing: read once per record at start-up). Raises ``LatentFormatError``."""
+    obj = _unpack_record(data)
+    try:
+        if "scene_frames" in obj:
+            frames = tuple(int(f) for f in obj["scene_frames"])
+        else:
+            shape = obj["latents"]["shape"]
+            frames = (int(shape[1]),) * int(shape[0])
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+        raise LatentFormatError(f"latents record has no readable scene frame counts: {e}") from e
+    if not frames or min(frames) <= 0:
+        raise LatentFormatError(f"latents record has bad scene_frames {frames}")
+    return frames
+
+
+def decode_record(data: bytes) -> LatentRecord:
+    """bytes -> LatentRecord; raises ``LatentFormatError`` on a foreign or newer record."""
+    obj = _unpack_record(data)
+    frames = obj.get("scene_frames")
+    if frames is not None and not isinstance(frames, list):
+        raise LatentFormatError(f"latents record field 'scene_frames' must be a list: {frames!r}")
     return LatentRecord(
         id=obj["id"],
         captions=tuple(obj["captions"]),
@@ -171,6 +265,7 @@ def decode_record(data: bytes) -> LatentRecord:
         text_embeds=_unpack_array(obj["text_embeds"], "text_embeds"),
         text_mask=_unpack_array(obj["text_mask"], "text_mask"),
         meta=obj.get("meta") or {},
+        scene_frames=None if frames is None else tuple(frames),
     )
 
 

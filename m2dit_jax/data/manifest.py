@@ -11,6 +11,16 @@ sample is S unrelated clips. Stage 2 units are multi-shot lines with >= S shots;
 S consecutive shots (random first shot). Invalid lines are dropped while indexing and
 counted (``bad_manifest_line``, ``empty_caption``, ``too_few_shots``); files are checked when
 loaded (``missing_file``, ``unreadable_video``, ``too_short``).
+
+Ragged scenes (``ragged=True``): stage 1 clips take the per-scene frame counts the pipeline
+draws for the batch (at ``stage1_stride``); a clip too short for its count is ``too_short``.
+Stage 2 keeps each shot's real length: a unit is one window of S consecutive shots of a
+multi-shot line, and its layout (pixel frames per shot = floor(duration * fps), capped at
+``max_frames``, rounded down to the frame rule, fit to ``token_budget``) comes from the shot
+times alone, before any decoding (``unit_layouts``, which the pipeline buckets by). A shot
+shorter than ``min_frames`` is counted once as ``too_short`` and every window holding it is
+dropped; a multi-shot line whose shots lack times is a ``bad_manifest_line``. Shot frames are
+decoded at ``start + k / fps``.
 """
 
 from __future__ import annotations
@@ -24,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from m2dit_jax.data.bad_input import BadSample, empty_counts, log_once
-from m2dit_jax.data.frame_sampling import ClipSampling
+from m2dit_jax.data.frame_sampling import ClipSampling, FrameRule
 from m2dit_jax.data.video_io import decode_frames, probe
 
 
@@ -104,8 +114,14 @@ class ManifestSource:
         self.num_scenes = int(config.num_scenes)
         self.clip = ClipSampling.from_config(config)
         self.stage = int(config.stage)
+        self.ragged = bool(config.get("ragged", False))
+        self.rule = FrameRule.from_config(config) if self.ragged else None
+        self.fps = float(config.get("fps", 0.0))
+        self.unit_layouts = None
         entries, self.initial_skips = parse_manifest(self.path, strict=bool(config.strict))
-        if self.stage == 1:
+        if self.ragged and self.stage == 2:
+            self._index_ragged_windows(entries, bool(config.strict))
+        elif self.stage == 1:
             self.units = [(e, i) for e in entries for i in range(len(e.shots))]
             self.units_per_sample = self.num_scenes
         else:
@@ -128,7 +144,77 @@ class ManifestSource:
         if not self.num_units:
             raise ValueError(f"manifest {self.path!r} has no usable entries for stage {self.stage}")
 
-    def _clip(self, entry: ManifestEntry, shot: Shot, rng, stage: int) -> np.ndarray:
+    def _skip(self, error: BadSample, strict: bool) -> None:
+        if strict:
+            raise ValueError(str(error))
+        log_once(error)
+        self.initial_skips[error.reason] += 1
+
+    def _index_ragged_windows(self, entries: list[ManifestEntry], strict: bool) -> None:
+        """Stage 2, ragged: units = windows (entry, first shot); layouts from shot times."""
+        self.units, self.unit_layouts, self.units_per_sample = [], [], 1
+        s = self.num_scenes
+        for e in entries:
+            where = f"{self.path}:{e.line}"
+            if len(e.shots) < s:
+                self._skip(
+                    BadSample("too_few_shots", where, f"{len(e.shots)} shots, stage 2 needs {s}"),
+                    strict,
+                )
+                continue
+            if any(shot.start is None for shot in e.shots):
+                self._skip(
+                    BadSample(
+                        "bad_manifest_line",
+                        where,
+                        "ragged stage 2 needs every shot's 'start' and 'end'",
+                    ),
+                    strict,
+                )
+                continue
+            frames = []
+            for k, shot in enumerate(e.shots):
+                n = self.rule.for_duration(shot.end - shot.start, self.fps)
+                if n is None:
+                    self._skip(
+                        BadSample(
+                            "too_short",
+                            f"{where}#shot{k}",
+                            f"{shot.end - shot.start:.3f}s at fps={self.fps} gives fewer than "
+                            f"min_frames={self.rule.min_frames} frames",
+                        ),
+                        strict,
+                    )
+                frames.append(n)
+            for first in range(len(e.shots) - s + 1):
+                window = frames[first : first + s]
+                if None in window:
+                    continue
+                self.units.append((e, first))
+                self.unit_layouts.append(self.rule.fit_budget(window))
+
+    def _ragged_shot(self, entry: ManifestEntry, shot: Shot, frames: int, rng) -> np.ndarray:
+        """``frames`` frames of a shot at ``fps`` from a random start inside the shot."""
+        name = entry.video
+        if not os.path.exists(name):
+            raise BadSample("missing_file", name, "file does not exist")
+        _, src_fps = probe(name)
+        available = int(np.floor((shot.end - shot.start) * self.fps + 1e-6))
+        k0 = int(rng.integers(0, available - frames + 1))
+        times = (k0 + np.arange(frames)) / self.fps
+        offsets = np.floor(times * src_fps + 1e-6).astype(int)
+        return decode_frames(
+            name,
+            offsets.tolist(),
+            start_time=shot.start,
+            height=self.clip.height,
+            width=self.clip.width,
+            name=name,
+        )
+
+    def _clip(
+        self, entry: ManifestEntry, shot: Shot, rng, stage: int, frames: int | None = None
+    ) -> np.ndarray:
         name = entry.video
         if not os.path.exists(name):
             raise BadSample("missing_file", name, "file does not exist")
@@ -136,12 +222,13 @@ class ManifestSource:
         start = shot.start or 0.0
         end = min(shot.end, total / fps) if shot.end is not None else total / fps
         available = int(np.floor((end - start) * fps + 1e-6))
-        offsets = self.clip.offsets(available, stage, rng)
+        offsets = self.clip.offsets(available, stage, rng, frames)
         if offsets is None:
+            need = self.clip.frames if frames is None else frames
             raise BadSample(
                 "too_short",
                 f"{name}@{start:.2f}s",
-                f"{available} frames, stage {stage} needs {self.clip.frames} (stride rules)",
+                f"{available} frames, stage {stage} needs {need} (stride rules)",
             )
         return decode_frames(
             name,
@@ -152,7 +239,22 @@ class ManifestSource:
             name=name,
         )
 
-    def load(self, units: Sequence[int], rng: np.random.Generator) -> dict[str, Any]:
+    def load(
+        self, units: Sequence[int], rng: np.random.Generator, scene_frames=None
+    ) -> dict[str, Any]:
+        if self.ragged and self.stage == 2:
+            entry, first = self.units[units[0]]
+            layout = self.unit_layouts[units[0]]
+            shots = entry.shots[first : first + self.num_scenes]
+            clips = [self._ragged_shot(entry, s, f, rng) for s, f in zip(shots, layout)]
+            return {
+                "video": np.concatenate(clips, axis=0),
+                "scene_frames": np.asarray(layout, np.int32),
+                "captions": np.array([s.caption for s in shots], dtype=object),
+                "id": f"{os.path.basename(entry.video)}#{first}-{first + self.num_scenes - 1}",
+            }
+        if self.ragged and scene_frames is None:
+            raise ValueError("ragged stage-1 manifest samples need their scene_frames")
         if self.stage == 1:
             picked = [self.units[u] for u in units]
             scenes = [(e, e.shots[i]) for e, i in picked]
@@ -162,9 +264,15 @@ class ManifestSource:
             first = int(rng.integers(0, len(entry.shots) - self.num_scenes + 1))
             scenes = [(entry, s) for s in entry.shots[first : first + self.num_scenes]]
             ident = f"{os.path.basename(entry.video)}#{first}-{first + self.num_scenes - 1}"
-        clips = [self._clip(e, s, rng, self.stage) for e, s in scenes]
+        if scene_frames is None:
+            scene_frames = (self.clip.frames,) * self.num_scenes
+        clips = [
+            self._clip(e, s, rng, self.stage, int(f) if self.ragged else None)
+            for (e, s), f in zip(scenes, scene_frames)
+        ]
         return {
             "video": np.concatenate(clips, axis=0),
+            "scene_frames": np.asarray(scene_frames, np.int32),
             "captions": np.array([s.caption for _, s in scenes], dtype=object),
             "id": ident,
         }

@@ -10,6 +10,19 @@ Every batch is a pure function of (seed, process, batch position): the pipeline 
 same batches for any worker count and resumes exactly from ``get_state()``. Batching happens
 on unit indices *before* loading, so a bad input is replaced by another deterministic draw from
 the same shard and a batch always has ``batch_size`` samples.
+
+Every batch has ``scene_frames`` (B, S) int32: the frames of each scene on the frame axis of
+its array (equal rows). Ragged scenes (``ragged=True``) bucket samples of equal layout:
+
+- sources without per-unit layouts (synthetic_shapes, manifest stage 1): the units are batched
+  as above and the batch's layout is drawn from (seed, batch index) (``FrameRule.draw``);
+  every sample of the batch is loaded with it;
+- sources with ``unit_layouts`` (manifest stage 2, latents shards; derived before decoding):
+  ``LayoutBuckets`` groups units by layout; batch k's layout is drawn from (seed, k) with
+  probability proportional to the layout's share of all units and its rows are the next
+  ``batch_size`` units of that layout's stream (its units, reshuffled per pass from (seed,
+  layout, pass)). Neither draw depends on the process, so every process of a job agrees on
+  each step's layout. An epoch is ``units // (batch_size * process_count)`` batches.
 """
 
 from __future__ import annotations
@@ -22,8 +35,13 @@ import numpy as np
 
 from m2dit_jax.data.bad_input import SKIP_REASONS, BadSample, empty_counts, log_once
 from m2dit_jax.data.config import validate_data_config
+from m2dit_jax.data.frame_sampling import FrameRule
 
 SKIPS_KEY = "_skips"
+_LAYOUT_TAG = 0x4A66  # rng stream of a batch's drawn layout
+_SCHEDULE_TAG = 0x5C4E  # rng stream of the bucket schedule
+_STREAM_TAG = 0x57E4  # rng stream of a layout group's per-pass order
+_SCHEDULE_BLOCK = 1024
 
 
 class SampleSource(Protocol):
@@ -31,9 +49,13 @@ class SampleSource(Protocol):
 
     ``num_units``: length of the index space (clips for stage-1 video sources, samples
     otherwise); ``units_per_sample``: units one sample reads (S or 1); ``load(units, rng)``
-    -> one example dict (``video`` (S*F, H, W, 3) uint8 or ``latents``, ``captions`` (S,)
-    object, ``id``, optional extras) or raises ``BadSample``; ``initial_skips``: counts of
-    inputs dropped while indexing (e.g. invalid manifest lines).
+    -> one example dict (``video`` (S*F, H, W, 3) uint8 or ``latents``, ``scene_frames`` (S,)
+    int32, ``captions`` (S,) object, ``id``, optional extras) or raises ``BadSample``;
+    ``initial_skips``: counts of inputs dropped while indexing (e.g. invalid manifest lines).
+
+    Ragged sources also have ``unit_layouts``: None = the pipeline draws each batch's layout
+    and calls ``load(units, rng, scene_frames=layout)``; else a list over all (global) units
+    of each unit's per-scene frame counts (None = unusable unit), which the pipeline buckets.
     """
 
     num_units: int
@@ -78,8 +100,23 @@ def _stack(examples: list[dict[str, Any]]) -> dict[str, np.ndarray]:
     return out
 
 
+def _batch_layout(scene_frames: np.ndarray, frames_axis: int) -> tuple[int, ...]:
+    """The one (S,) layout of a batch's (B, S) ``scene_frames``; checks rows and the axis."""
+    first = tuple(int(f) for f in scene_frames[0])
+    if not (scene_frames == scene_frames[:1]).all():
+        raise ValueError(f"a batch mixes scene layouts {np.unique(scene_frames, axis=0)}")
+    if sum(first) != frames_axis:
+        raise ValueError(f"scene_frames {first} do not sum to the frame axis {frames_axis}")
+    return first
+
+
 class EncodeStage:
-    """Optional numpy encoders run inside the grain map (picklable, lazily built per worker)."""
+    """Optional numpy encoders run inside the grain map (picklable, lazily built per worker).
+
+    The video encoder encodes each scene on its own (scenes of their own lengths are split by
+    ``scene_frames``) and turns ``scene_frames`` into latent frames (pixel / patch_t), keeping
+    the pixel counts as ``video_scene_frames``.
+    """
 
     def __init__(self, config):
         self.num_scenes = int(config.num_scenes)
@@ -110,16 +147,107 @@ class EncodeStage:
                 self._video_encoder = SpaceToDepthAutoencoder(self.video[1], self.video[2])
             video = batch["video"]
             b, sf = video.shape[:2]
-            scenes = video.reshape(b * self.num_scenes, sf // self.num_scenes, *video.shape[2:])
-            lat = self._video_encoder.encode(scenes)
-            batch["latents"] = lat.reshape(b, -1, *lat.shape[2:])
+            pixel = batch["scene_frames"]
+            layout = _batch_layout(pixel, sf)
+            if len(set(layout)) == 1:
+                scenes = video.reshape(b * self.num_scenes, sf // self.num_scenes, *video.shape[2:])
+                lat = self._video_encoder.encode(scenes)
+                batch["latents"] = lat.reshape(b, -1, *lat.shape[2:])
+            else:  # ragged: encode each scene alone, concatenate along the frame axis
+                starts = np.cumsum((0,) + layout)
+                parts = [
+                    self._video_encoder.encode(video[:, starts[i] : starts[i + 1]])
+                    for i in range(len(layout))
+                ]
+                batch["latents"] = np.concatenate(parts, axis=1)
+            batch["video_scene_frames"] = pixel
+            batch["scene_frames"] = (pixel // self.video[1]).astype(np.int32)
         return batch
 
 
-class BatchLoader:
-    """(batch position, unit indices (B,) or (B, S)) -> one batch dict; replaces bad inputs."""
+class LayoutBuckets:
+    """Bucketing of units that carry their own layout (see the module docstring).
 
-    def __init__(self, source: SampleSource, config, *, seed, process_index, process_count):
+    ``unit_batch(k)`` -> (layout id, (B,) global unit indices) of batch k; ``members(i)``: the
+    units of layout i this process reads (all processes' units when it owns none of them).
+    """
+
+    def __init__(self, unit_layouts, *, seed, process_index, process_count, batch_size, shuffle):
+        self.seed, self.batch_size, self.shuffle = int(seed), int(batch_size), bool(shuffle)
+        valid = [(u, tuple(int(f) for f in lay)) for u, lay in enumerate(unit_layouts) if lay]
+        if not valid:
+            raise ValueError("the source has no unit with a usable scene layout")
+        self.layouts = sorted({lay for _, lay in valid})
+        index = {lay: i for i, lay in enumerate(self.layouts)}
+        everyone = [[] for _ in self.layouts]
+        for u, lay in valid:
+            everyone[index[lay]].append(u)
+        self._members = []
+        for units in everyone:
+            own = [u for u in units if u % process_count == process_index]
+            self._members.append(np.asarray(own or units, np.int64))
+        counts = np.array([len(u) for u in everyone], np.float64)
+        self.global_counts = counts.astype(np.int64)
+        self.probs = counts / counts.sum()
+        self.batches_per_epoch = max(1, len(valid) // (self.batch_size * process_count))
+        self._cum: list[np.ndarray] = [np.zeros(len(self.layouts), np.int64)]
+        self._orders: dict[tuple[int, int], np.ndarray] = {}
+
+    def members(self, layout_id: int) -> np.ndarray:
+        return self._members[layout_id]
+
+    def _block(self, b: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed % 2**32, b, _SCHEDULE_TAG])
+        return rng.choice(len(self.layouts), size=_SCHEDULE_BLOCK, p=self.probs)
+
+    def layout_of(self, k: int) -> tuple[int, int]:
+        """(layout id of batch k, how many earlier batches had that layout)."""
+        b, j = divmod(int(k), _SCHEDULE_BLOCK)
+        while len(self._cum) <= b:  # counts per layout before each block, built lazily
+            block = self._block(len(self._cum) - 1)
+            self._cum.append(self._cum[-1] + np.bincount(block, minlength=len(self.layouts)))
+        block = self._block(b)
+        i = int(block[j])
+        return i, int(self._cum[b][i] + np.count_nonzero(block[:j] == i))
+
+    def _stream(self, layout_id: int, positions: np.ndarray) -> np.ndarray:
+        members = self._members[layout_id]
+        m = len(members)
+        out = np.empty(len(positions), np.int64)
+        for n, p in enumerate(positions):
+            epoch, at = divmod(int(p), m)
+            if self.shuffle:
+                at = self._order(layout_id, epoch)[at]
+            out[n] = members[at]
+        return out
+
+    def _order(self, layout_id: int, epoch: int) -> np.ndarray:
+        key = (layout_id, epoch)
+        if key not in self._orders:
+            if len(self._orders) >= 4 * len(self.layouts):
+                self._orders.clear()
+            m = len(self._members[layout_id])
+            rng = np.random.default_rng([self.seed % 2**32, layout_id, epoch, _STREAM_TAG])
+            self._orders[key] = rng.permutation(m)
+        return self._orders[key]
+
+    def unit_batch(self, k: int) -> tuple[int, np.ndarray]:
+        i, n = self.layout_of(k)
+        first = n * self.batch_size
+        return i, self._stream(i, np.arange(first, first + self.batch_size))
+
+
+class BatchLoader:
+    """(batch position, unit indices (B,) or (B, S)) -> one batch dict; replaces bad inputs.
+
+    Ragged: ``draw`` mode gives every sample the batch's drawn layout; with ``buckets`` the
+    batch position alone picks the layout and its units (the element passed is ignored) and
+    a bad input is replaced by another unit of the same layout.
+    """
+
+    def __init__(
+        self, source: SampleSource, config, *, seed, process_index, process_count, buckets=None
+    ):
         self.source = source
         self.seed, self.process_index, self.process_count = seed, process_index, process_count
         self.num_local = local_unit_count(source.num_units, process_index, process_count)
@@ -127,25 +255,47 @@ class BatchLoader:
         self.strict = bool(config.strict)
         self.max_retries = int(config.max_retries)
         self.encode = EncodeStage(config)
+        self.ragged = bool(config.get("ragged", False))
+        self.rule = FrameRule.from_config(config) if self.ragged else None
+        self.buckets = buckets
 
     def _global(self, local_units) -> list[int]:
         return [self.process_index + int(u) * self.process_count for u in local_units]
 
-    def load_one(self, position: int, local_units, skips: np.ndarray) -> dict[str, Any]:
+    def draw_layout(self, batch_index: int) -> tuple[int, ...]:
+        """The layout of batch ``batch_index`` in draw mode: from (seed, batch index) only."""
+        rng = np.random.default_rng([self.seed % 2**32, int(batch_index), _LAYOUT_TAG])
+        return self.rule.draw(rng, self.num_scenes)
+
+    def load_one(
+        self, position: int, local_units, skips: np.ndarray, scene_frames=None, group=None
+    ) -> dict[str, Any]:
+        """One sample; ``group`` (bucketed mode): the unit's layout id, units are global."""
         units = np.atleast_1d(local_units)
         last_error = None
+        kwargs = {} if scene_frames is None else {"scene_frames": scene_frames}
         for attempt in range(self.max_retries + 1):
             rng = np.random.default_rng([self.seed, self.process_index, position, attempt])
             try:
-                example = self.source.load(self._global(units), rng)
+                chosen = [int(u) for u in units] if group is not None else self._global(units)
+                example = self.source.load(chosen, rng, **kwargs)
             except BadSample as error:
                 if self.strict:
                     raise ValueError(str(error)) from error
                 log_once(error)
                 last_error = error
                 skips[SKIP_REASONS.index(error.reason)] += 1
-                units = rng.integers(self.num_local, size=len(units))
+                if group is not None:
+                    members = self.buckets.members(group)
+                    units = members[rng.integers(len(members), size=len(units))]
+                else:
+                    units = rng.integers(self.num_local, size=len(units))
                 continue
+            if "scene_frames" not in example:  # a source of equal scenes that does not say
+                frames = len(example["latents" if "latents" in example else "video"])
+                example["scene_frames"] = np.full(
+                    self.num_scenes, frames // self.num_scenes, np.int32
+                )
             return example
         raise ValueError(
             f"{self.max_retries + 1} bad inputs in a row for one sample (last: {last_error}); "
@@ -154,13 +304,20 @@ class BatchLoader:
 
     def __call__(self, batch_index: int, unit_batch: np.ndarray) -> dict[str, np.ndarray]:
         skips = np.zeros(len(SKIP_REASONS), np.int64)
+        scene_frames = group = None
+        if self.buckets is not None:
+            group, unit_batch = self.buckets.unit_batch(batch_index)
+        elif self.ragged:
+            scene_frames = self.draw_layout(batch_index)
         size = len(unit_batch)
         examples = [
-            self.load_one(batch_index * size + j, units, skips)
+            self.load_one(batch_index * size + j, units, skips, scene_frames, group)
             for j, units in enumerate(unit_batch)
         ]
         batch = _stack(examples)
         batch["ids"] = batch.pop("id")
+        frames_axis = batch["latents" if "latents" in batch else "video"].shape[1]
+        _batch_layout(batch["scene_frames"], frames_axis)
         batch = self.encode(batch)
         batch[SKIPS_KEY] = skips
         return batch
@@ -228,6 +385,15 @@ def make_dataset(
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index={process_index} not in [0, process_count={process_count})")
     source = build_source(config, process_index=process_index, process_count=process_count)
+    if bool(config.get("ragged", False)) and getattr(source, "unit_layouts", None) is not None:
+        return _bucketed_dataset(
+            source,
+            config,
+            seed=seed,
+            process_index=process_index,
+            process_count=process_count,
+            batch_size=batch_size,
+        )
     num_local = local_unit_count(source.num_units, process_index, process_count)
     per_sample = source.units_per_sample
     if num_local < per_sample:
@@ -246,6 +412,33 @@ def make_dataset(
         source, config, seed=seed, process_index=process_index, process_count=process_count
     )
     ds = ds.map_with_index(loader)
+    return _finish(ds, config, source)
+
+
+def _bucketed_dataset(source, config, *, seed, process_index, process_count, batch_size):
+    """Ragged sources with per-unit layouts: batches of one layout each (``LayoutBuckets``)."""
+    buckets = LayoutBuckets(
+        source.unit_layouts,
+        seed=seed,
+        process_index=process_index,
+        process_count=process_count,
+        batch_size=batch_size,
+        shuffle=bool(config.shuffle),
+    )
+    ds = grain.MapDataset.range(buckets.batches_per_epoch)
+    ds = ds.repeat(None if int(config.num_epochs) == 0 else int(config.num_epochs))
+    loader = BatchLoader(
+        source,
+        config,
+        seed=seed,
+        process_index=process_index,
+        process_count=process_count,
+        buckets=buckets,
+    )
+    return _finish(ds.map_with_index(loader), config, source)
+
+
+def _finish(ds, config, source) -> _SkipAccountingIterator:
     it_ds = ds.to_iter_dataset(
         grain.ReadOptions(num_threads=0, prefetch_buffer_size=int(config.prefetch_buffer_size))
     )

@@ -15,10 +15,14 @@ class SyntheticShapesSampleSource:
     """``synthetic_shapes`` as a pipeline source: one unit = one sample."""
 
     units_per_sample = 1
+    unit_layouts = None  # ragged: the pipeline draws each batch's layout
 
     def __init__(self, config):
+        # Ragged scenes are prefixes of a max_frames rendering: the motion step fits
+        # max_frames, so it is the same for every scene length.
+        self.ragged = bool(config.get("ragged", False))
         geometry = ShapesGeometry(
-            frames=int(config.frames),
+            frames=int(config.max_frames if self.ragged else config.frames),
             height=int(config.height),
             width=int(config.width),
             object_size=int(config.object_size) or None,
@@ -35,17 +39,26 @@ class SyntheticShapesSampleSource:
         self.num_units = len(self.shapes)
         self.initial_skips = empty_counts()
 
-    def load(self, units: Sequence[int], rng: np.random.Generator) -> dict[str, Any]:
-        return self.shapes[units[0]]
+    def load(
+        self, units: Sequence[int], rng: np.random.Generator, scene_frames=None
+    ) -> dict[str, Any]:
+        if self.ragged and scene_frames is None:
+            raise ValueError("ragged synthetic_shapes samples need their scene_frames")
+        return self.shapes.sample(units[0], scene_frames)
 
 
 class LatentsSampleSource:
     """``latents`` ArrayRecord shards as a pipeline source: one unit = one record.
 
-    Batch keys: ``latents`` (S*F, h, w, C) in the stored dtype, ``text_embeds`` (S*T, D),
-    ``text_mask`` (S*T,), ``captions`` (S,), ``id`` str. A record that does not decode or
-    disagrees with ``num_scenes`` (or with the first record's shapes) is skipped as
-    ``bad_record``.
+    Batch keys: ``latents`` (sum_i F_i, h, w, C) in the stored dtype, ``scene_frames`` (S,)
+    int32 (the stored latent frames per scene), ``text_embeds`` (S*T, D), ``text_mask``
+    (S*T,), ``captions`` (S,), ``id`` str. A record that does not decode or disagrees with
+    ``num_scenes`` (or with the first record's shapes) is skipped as ``bad_record``.
+
+    With ``ragged=True`` the per-scene frame counts may differ between records (only they:
+    frame size, channels, dtypes and text shapes must still match the first record), and
+    every record's ``scene_frames`` is read once at start-up (``unit_layouts``, for the
+    pipeline's bucketing; records that do not decode there are counted as ``bad_record``).
     """
 
     units_per_sample = 1
@@ -56,8 +69,15 @@ class LatentsSampleSource:
         self.records = LatentShardSource(config.path)
         self.num_units = len(self.records)
         self.num_scenes = int(config.num_scenes)
+        self.ragged = bool(config.get("ragged", False))
         self.initial_skips = empty_counts()
         self._shapes = self._reference_shapes()
+        self.unit_layouts = self._scan_layouts() if self.ragged else None
+
+    def _key(self, r):
+        """What every record must share: all shapes (ragged: all but the frame counts)."""
+        lat = r.latents.shape[-3:] if self.ragged else r.latents.shape
+        return (lat, r.latents.dtype, r.text_embeds.shape, r.text_embeds.dtype)
 
     def _reference_shapes(self):
         from m2dit_jax.data.latents_format import LatentFormatError, decode_record
@@ -67,10 +87,30 @@ class LatentsSampleSource:
                 r = decode_record(self.records[i])
             except LatentFormatError:
                 continue
-            return (r.latents.shape, r.latents.dtype, r.text_embeds.shape, r.text_embeds.dtype)
+            if r.is_ragged and not self.ragged:
+                continue  # refused in load: equal scenes only without ragged=True
+            return self._key(r)
         raise ValueError(f"none of the first latents records in {self.records.paths} decodes")
 
-    def load(self, units: Sequence[int], rng: np.random.Generator) -> dict[str, Any]:
+    def _scan_layouts(self) -> list:
+        from m2dit_jax.data.latents_format import LatentFormatError, record_scene_frames
+
+        layouts = []
+        for i in range(self.num_units):
+            try:
+                frames = record_scene_frames(self.records[i])
+            except LatentFormatError:
+                frames = None
+            if frames is not None and len(frames) != self.num_scenes:
+                frames = None
+            if frames is None:
+                self.initial_skips["bad_record"] += 1
+            layouts.append(frames)
+        return layouts
+
+    def load(
+        self, units: Sequence[int], rng: np.random.Generator, scene_frames=None
+    ) -> dict[str, Any]:
         from m2dit_jax.data.latents_format import LatentFormatError, decode_record
 
         where = f"{self.records.paths[0]}[record {units[0]}]"
@@ -78,7 +118,14 @@ class LatentsSampleSource:
             r = decode_record(self.records[units[0]])
         except LatentFormatError as e:
             raise BadSample("bad_record", where, str(e)) from e
-        shapes = (r.latents.shape, r.latents.dtype, r.text_embeds.shape, r.text_embeds.dtype)
+        if r.is_ragged and not self.ragged:
+            raise BadSample(
+                "bad_record",
+                where,
+                f"record {r.id!r} has scenes of their own lengths {r.scene_frames}: set "
+                "ragged=True to bucket such records",
+            )
+        shapes = self._key(r)
         if r.num_scenes != self.num_scenes or shapes != self._shapes:
             raise BadSample(
                 "bad_record",
@@ -86,9 +133,9 @@ class LatentsSampleSource:
                 f"record {r.id!r} has shapes {shapes}, expected {self._shapes} "
                 f"with num_scenes={self.num_scenes}",
             )
-        s, f = r.latents.shape[:2]
         return {
-            "latents": r.latents.reshape(s * f, *r.latents.shape[2:]),
+            "latents": r.concatenated_latents(),
+            "scene_frames": np.asarray(r.scene_frames, np.int32),
             "text_embeds": r.text_embeds.reshape(-1, r.text_embeds.shape[-1]),
             "text_mask": r.text_mask.reshape(-1),
             "captions": np.array(r.captions, dtype=object),

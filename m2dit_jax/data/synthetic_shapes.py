@@ -221,14 +221,32 @@ def render_scene(
 
 
 def render_script(
-    script: Script, geometry: ShapesGeometry, seed: int | Sequence[int] = 0
+    script: Script,
+    geometry: ShapesGeometry,
+    seed: int | Sequence[int] = 0,
+    scene_frames: Sequence[int] | None = None,
 ) -> tuple[list[str], np.ndarray]:
-    """Script -> (captions (S,), reference clip (S*F, H, W, 3) uint8), scenes concatenated."""
+    """Script -> (captions (S,), reference clip (S*F, H, W, 3) uint8), scenes concatenated.
+
+    ``scene_frames`` (ragged scenes): scene i keeps the first ``scene_frames[i]`` frames of
+    its ``geometry.frames``-frame rendering (geometry.frames = the longest allowed scene), so
+    start position, motion step and content do not depend on the lengths: a shorter scene is
+    a prefix of the longer one. The clip is then (sum_i F_i, H, W, 3).
+    """
     rng = np.random.default_rng(seed)
     scenes = [
         render_scene(script.shape, script.background, c, m, geometry, rng)
         for c, m in zip(script.colours, script.motions)
     ]
+    if scene_frames is not None:
+        if len(scene_frames) != len(scenes) or not all(
+            0 < int(f) <= geometry.frames for f in scene_frames
+        ):
+            raise ValueError(
+                f"scene_frames={tuple(scene_frames)} must be {len(scenes)} counts in "
+                f"[1, {geometry.frames}] (the geometry's frames)"
+            )
+        scenes = [scene[: int(f)] for scene, f in zip(scenes, scene_frames)]
     return script.captions(), np.concatenate(scenes, axis=0)
 
 
@@ -253,7 +271,8 @@ def script_from_captions(captions: Sequence[str]) -> dict[str, Any]:
 class SyntheticShapesSource:
     """grain random-access source: ``source[i]`` -> one multi-scene sample dict.
 
-    Keys: ``video`` (S*F, H, W, 3) uint8, ``captions`` (S,) object, ``id`` int64,
+    Keys: ``video`` (S*F, H, W, 3) uint8, ``scene_frames`` (S,) int32, ``captions`` (S,)
+    object, ``id`` int64,
     ``attrs_colour`` (S,) int32, ``attrs_motion`` (S,) int32, ``attrs_shape`` int32,
     ``attrs_background`` int32. Sample i is a pure function of (seed, i). ``held_out`` draws
     only the held-out scripts (the evaluation split) instead of only the training ones.
@@ -284,14 +303,25 @@ class SyntheticShapesSource:
         return self.num_samples
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.sample(index)
+
+    def sample(self, index: int, scene_frames: Sequence[int] | None = None) -> dict[str, Any]:
+        """Sample ``index``; ``scene_frames`` = per-scene frame counts (ragged, each at most
+        ``geometry.frames``; see ``render_script``). The script is the same whatever the
+        counts. Adds ``scene_frames`` (S,) int32."""
         index = int(index)
         if not 0 <= index < self.num_samples:
             raise IndexError(f"sample {index} out of range [0, {self.num_samples})")
         rng = np.random.default_rng([self.seed, index])
         script = sample_script(rng, self.num_scenes, self.holdout_fraction, self.held_out)
-        captions, video = render_script(script, self.geometry, seed=[self.seed, index, 1])
+        captions, video = render_script(
+            script, self.geometry, seed=[self.seed, index, 1], scene_frames=scene_frames
+        )
+        if scene_frames is None:
+            scene_frames = (self.geometry.frames,) * self.num_scenes
         return {
             "video": video,
+            "scene_frames": np.asarray(scene_frames, np.int32),
             "captions": np.array(captions, dtype=object),
             "id": np.int64(index),
             "attrs_colour": np.array(script.colours, np.int32),

@@ -4,6 +4,7 @@ Stage 1 units are records; a sample takes S records and one random scene of each
 units are records; a sample takes S consecutive scenes (random first) of one record, which
 must have at least S scenes (else ``too_few_shots``). Scenes are mp4 bytes decoded with PyAV
 in the grain map; frame sampling follows ``frame_sampling`` exactly as for manifests.
+Ragged scenes (``ragged=True``) are not supported here: the config refuses them.
 """
 
 from __future__ import annotations
@@ -100,6 +101,7 @@ class TfdsSource:
             ids.append(f"{ident}#{first}-{first + self.num_scenes - 1}")
         return {
             "video": np.concatenate(clips, axis=0),
+            "scene_frames": np.full(len(clips), self.clip.frames, np.int32),
             "captions": np.array(captions, dtype=object),
             "id": "|".join(ids),
         }

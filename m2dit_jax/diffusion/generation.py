@@ -24,6 +24,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from m2dit_jax.attention.dispatch import log_choice_once
+from m2dit_jax.diffusion.objective import check_scene_frames
 from m2dit_jax.diffusion.samplers import SAMPLERS, ddim_sample, dpm_sample
 from m2dit_jax.diffusion.schedule import CogVideoXSchedule
 from m2dit_jax.layout import CAUSAL_CONDITIONS, extension_mask
@@ -92,12 +93,17 @@ def _sampling_fn(model: Any, apply: Callable, static: tuple) -> Callable:
             cache_conditions,
             progress,
             callback,
+            scene_frames,
         ) = static
         method = _method(model) if cache_conditions else None
         # mask 1 (release) or the causal-condition mask; conditions lead the window
         model_kwargs = dict(num_scenes=num_scenes)
+        window_kwargs = dict(num_scenes=num_scenes)
         if causal_conditions:
             model_kwargs["causal_conditions"] = causal_conditions
+        if scene_frames is not None:  # scenes of their own lengths (static)
+            model_kwargs["scene_frames"] = scene_frames
+            window_kwargs["scene_frames"] = scene_frames
 
         def run(state, schedule, text, negative, gtable, noise, rng, condition_latents):
             def guided(v, timesteps):  # [negative; positive] batch -> the CFG-combined v (f32)
@@ -105,7 +111,6 @@ def _sampling_fn(model: Any, apply: Callable, static: tuple) -> Callable:
                 g = gtable[jnp.max(timesteps, axis=1)].reshape(-1, 1, 1, 1, 1)
                 return v_uncond + g * (v_text - v_uncond)
 
-            f = noise.shape[1] // num_scenes
             noise = constrain(noise, _BATCH5)
 
             def denoise_full(x, timesteps):
@@ -126,25 +131,27 @@ def _sampling_fn(model: Any, apply: Callable, static: tuple) -> Callable:
                 # branch; each step then runs the new scene's tokens only.
                 k = num_scenes - 1
                 t_len = text.shape[1] // num_scenes
-                cond_lat = condition_latents[:, : k * f]
+                if scene_frames is None:
+                    cond_f = k * (noise.shape[1] // num_scenes)
+                else:
+                    cond_f = sum(scene_frames[:k])
+                cond_lat = condition_latents[:, :cond_f]
                 cond_text, new_text = text[:, : k * t_len], text[:, k * t_len :]
                 if use_cfg:
                     cond_lat = jnp.concatenate([cond_lat, cond_lat])
                     cond_text = jnp.concatenate([negative[:, : k * t_len], cond_text])
                     new_text = jnp.concatenate([negative[:, k * t_len :], new_text])
-                cache = method(state, "condition_cache", cond_lat, cond_text, num_scenes=num_scenes)
+                cache = method(state, "condition_cache", cond_lat, cond_text, **window_kwargs)
 
                 def denoise_cached(x, timesteps):
-                    x_new, t_new = x[:, k * f :], timesteps[:, k:]
+                    x_new, t_new = x[:, cond_f:], timesteps[:, k:]
                     if use_cfg:
                         x_new = jnp.concatenate([x_new, x_new])
                         t_new = jnp.concatenate([t_new, t_new])
-                    v = method(
-                        state, "cached_call", x_new, new_text, t_new, cache, num_scenes=num_scenes
-                    )
+                    v = method(state, "cached_call", x_new, new_text, t_new, cache, **window_kwargs)
                     v = guided(v, timesteps) if use_cfg else v.astype(jnp.float32)
                     # the conditions' prediction is never used: they are reset after each step
-                    return jnp.concatenate([jnp.zeros_like(x[:, : k * f], jnp.float32), v], axis=1)
+                    return jnp.concatenate([jnp.zeros_like(x[:, :cond_f], jnp.float32), v], axis=1)
 
                 denoise = denoise_cached
 
@@ -154,7 +161,12 @@ def _sampling_fn(model: Any, apply: Callable, static: tuple) -> Callable:
                 if callback:
                     jax.debug.callback(_host_callback, step, timestep, x)
 
-            kwargs = dict(schedule=schedule, num_steps=num_steps, num_scenes=num_scenes)
+            kwargs = dict(
+                schedule=schedule,
+                num_steps=num_steps,
+                num_scenes=num_scenes,
+                scene_frames=scene_frames,
+            )
             if progress or callback:
                 kwargs["step_hook"] = hook
             if generate_mask is not None:
@@ -294,6 +306,7 @@ def sample_from_noise(
     cache_conditions: bool = False,
     progress: Callable[[], None] | None = None,
     callback: Callable[[int, int, np.ndarray], None] | None = None,
+    scene_frames: Sequence[int] | None = None,
 ) -> jax.Array:
     """The one sampling loop behind ``generate``, ``extend`` and ``SamplingPipeline``.
 
@@ -314,6 +327,8 @@ def sample_from_noise(
       callback: ``callback(step, timestep, latents)`` after every step with the latents (numpy,
         the whole window, conditions included); read-only, unlike diffusers'
         ``callback_on_step_end``.
+      scene_frames: per-scene latent frames (S,) when scenes differ in length; ``noise`` is
+        then (B, F_1+..+F_S, H, W, C). None = S equal scenes.
     """
     _check_common(num_steps, sampler, guidance_scale)
     schedule = schedule if schedule is not None else CogVideoXSchedule.create()
@@ -331,10 +346,16 @@ def sample_from_noise(
         use_cfg = float(guidance_scale) > 1.0
     noise = jnp.asarray(noise, jnp.float32)
     text = jnp.asarray(text)
-    if noise.ndim != 5 or noise.shape[0] != text.shape[0] or noise.shape[1] % num_scenes:
+    if noise.ndim != 5 or noise.shape[0] != text.shape[0]:
         raise ValueError(
             f"noise must be (B={text.shape[0]}, S*F, h, w, C) latents with S={num_scenes}, "
             f"got {tuple(noise.shape)}"
+        )
+    scene_frames = check_scene_frames(scene_frames, int(num_scenes), noise.shape[1])
+    if scene_frames is None and noise.shape[1] % num_scenes:
+        raise ValueError(
+            f"noise must be (B={text.shape[0]}, S*F, h, w, C) latents with S={num_scenes}, "
+            f"got {tuple(noise.shape)}; scenes of different lengths need scene_frames"
         )
     if use_cfg and (negative is None or tuple(np.shape(negative)) != tuple(text.shape)):
         raise ValueError("classifier-free guidance needs negative embeddings shaped like text")
@@ -359,6 +380,7 @@ def sample_from_noise(
         bool(cache_conditions),
         progress is not None,
         callback is not None,
+        scene_frames,
     )
     fn = _sampling_fn(model, apply, static)
     if condition_latents is None:
@@ -391,10 +413,12 @@ def _run(
     num_scenes: int,
     scene_shape: tuple[int, int, int, int],
     seed: int | jax.Array,
+    scene_frames: tuple[int, ...] | None = None,
     **kwargs: Any,
 ) -> jax.Array:
     f, h, w, c = scene_shape
-    noise = initial_noise(seed, (text.shape[0], num_scenes * f, h, w, c))
+    frames = num_scenes * f if scene_frames is None else sum(scene_frames)
+    noise = initial_noise(seed, (text.shape[0], frames, h, w, c))
     return sample_from_noise(
         model,
         noise,
@@ -404,6 +428,7 @@ def _run(
         seed=seed,
         generate_mask=generate_mask,
         condition_latents=condition_latents,
+        scene_frames=scene_frames,
         **kwargs,
     )
 
@@ -448,6 +473,7 @@ def generate(
     sampler: str = "ddim",
     mesh: Mesh | None = None,
     schedule: CogVideoXSchedule | None = None,
+    scene_frames: Sequence[int] | None = None,
 ) -> jax.Array:
     """Samples all S scenes of each video jointly (mask 1).
 
@@ -466,9 +492,11 @@ def generate(
       mesh: optional mesh; videos are sharded over its (data, fsdp) axes when the batch
         divides (else replicated; parameters placed on the mesh keep their sharding).
       schedule: defaults to ``CogVideoXSchedule.create()`` (5B settings, SNR shift 1.0).
+      scene_frames: scenes of their own lengths: (F_1, .., F_S) latent frames, with
+        ``latent_shape`` then (H, W, C) (the frame counts come from here).
 
     Returns:
-      (B, S*F, H, W, C) float32 latents.
+      (B, S*F, H, W, C) float32 latents ((B, F_1+..+F_S, H, W, C) with ``scene_frames``).
     """
     _check_common(num_steps, sampler, guidance_scale)
     text = jnp.asarray(text_embeds)
@@ -477,6 +505,17 @@ def generate(
             f"text_embeds must be (B, S*T, D) with S={num_scenes}, got shape {text.shape}"
         )
     scene_shape = tuple(int(x) for x in latent_shape)
+    if scene_frames is not None:
+        if len(scene_shape) != 3:
+            raise ValueError(
+                f"with scene_frames, latent_shape must be (H, W, C) (the per-scene frame counts "
+                f"come from scene_frames), got {latent_shape}"
+            )
+        counts = tuple(int(f) for f in scene_frames)
+        check_scene_frames(counts, num_scenes, sum(counts))
+        scene_shape = (1, *scene_shape)
+    else:
+        counts = None
     if len(scene_shape) != 4 or min(scene_shape) < 1:
         raise ValueError(f"latent_shape must be one scene's (F, H, W, C), got {latent_shape}")
     return _run(
@@ -493,7 +532,26 @@ def generate(
         sampler=sampler,
         mesh=mesh,
         schedule=schedule,
+        scene_frames=counts,
     )
+
+
+def _prior_scene_frames(scene_frames, num_prior: int, total: int) -> tuple[int, ...]:
+    """The existing scenes' frame counts: given, or ``total`` split into equal scenes."""
+    if scene_frames is None:
+        if total % num_prior:
+            raise ValueError(
+                f"scene_latents frame axis {total} does not split into the {num_prior} scenes "
+                "that scene_text holds; pass scene_frames for scenes of different lengths"
+            )
+        return (total // num_prior,) * num_prior
+    counts = tuple(int(f) for f in scene_frames)
+    if len(counts) != num_prior or min(counts) < 1 or sum(counts) != total:
+        raise ValueError(
+            f"scene_frames {counts} must give the {num_prior} existing scenes' latent frames, "
+            f"summing to scene_latents' {total} frames"
+        )
+    return counts
 
 
 def extend(
@@ -512,6 +570,8 @@ def extend(
     schedule: CogVideoXSchedule | None = None,
     mask_mode: str = "mask2dit",
     cache_conditions: bool = False,
+    scene_frames: Sequence[int] | None = None,
+    new_scene_frames: int | None = None,
 ) -> jax.Array:
     """Appends one scene, conditioned on the last ``window - 1`` scenes (mask 2).
 
@@ -536,10 +596,14 @@ def extend(
       mask_mode: "mask2dit" (release: attention unchanged by mask 2) or "causal_conditions".
       cache_conditions: cache the conditions' keys/values across steps (needs
         ``mask_mode="causal_conditions"`` and a ``Mask2DiT`` model; a ``ValueError`` otherwise).
+      scene_frames: the existing scenes' latent frames when they differ in length (None:
+        scene_latents splits into S0 equal scenes).
+      new_scene_frames: the new scene's latent frames (None: as many as the last scene).
       Other arguments as in ``generate``.
 
     Returns:
-      (B, (S0+1)*F, H, W, C): the input scenes unchanged, then the new scene.
+      (B, (S0+1)*F, H, W, C): the input scenes unchanged, then the new scene
+      ((B, F_1+..+F_S0+F_new, H, W, C) for scenes of their own lengths).
     """
     _check_common(num_steps, sampler, guidance_scale)
     if mask_mode not in EXTEND_MASK_MODES:
@@ -575,18 +639,20 @@ def extend(
             f"got {prior_text.shape}"
         )
     num_prior = prior_text.shape[1] // t_len
-    if num_prior < 1 or latents.shape[1] % num_prior:
-        raise ValueError(
-            f"scene_latents frame axis {latents.shape[1]} does not split into the "
-            f"{num_prior} scenes that scene_text holds"
-        )
-    frames = latents.shape[1] // num_prior
+    if num_prior < 1:
+        raise ValueError(f"scene_text holds no scene (shape {prior_text.shape}, T={t_len})")
+    prior_frames = _prior_scene_frames(scene_frames, num_prior, latents.shape[1])
+    frames = prior_frames[-1] if new_scene_frames is None else int(new_scene_frames)
+    if isinstance(new_scene_frames, bool) or frames < 1:
+        raise ValueError(f"new_scene_frames must be a positive int, got {new_scene_frames!r}")
     num_cond = min(window - 1, num_prior)
     s = num_cond + 1
-    cond_lat = latents[:, (num_prior - num_cond) * frames :]
+    window_frames = prior_frames[num_prior - num_cond :] + (frames,)
+    cond_lat = latents[:, sum(prior_frames[: num_prior - num_cond]) :]
     text = jnp.concatenate([prior_text[:, (num_prior - num_cond) * t_len :], new_text], axis=1)
     scene_shape = (frames, *latents.shape[2:])
-    window_lat = jnp.concatenate([cond_lat, jnp.zeros_like(latents[:, :frames])], axis=1)
+    new_zeros = jnp.zeros((b, frames, *latents.shape[2:]), latents.dtype)
+    window_lat = jnp.concatenate([cond_lat, new_zeros], axis=1)
     negative = negative_text_embeds
     if negative is not None and np.ndim(negative) == 3 and np.shape(negative)[1] != t_len:
         raise ValueError(f"negative_text_embeds for extend must be one caption (T={t_len}, D)")
@@ -607,8 +673,9 @@ def extend(
         schedule=schedule,
         causal_conditions=num_cond if mask_mode == CAUSAL_CONDITIONS else 0,
         cache_conditions=bool(cache_conditions),
+        scene_frames=check_scene_frames(window_frames, s, sum(window_frames)),
     )
-    new_scene = out[:, num_cond * frames :]
+    new_scene = out[:, sum(window_frames[:-1]) :]
     return jnp.concatenate([latents, new_scene.astype(latents.dtype)], axis=1)
 
 
@@ -619,9 +686,14 @@ def extend_chain(
     new_scene_texts: Sequence[jax.Array],
     *,
     seed: int | jax.Array = 0,
+    scene_frames: Sequence[int] | None = None,
+    new_scene_frames: Sequence[int] | None = None,
     **kwargs: Any,
 ) -> jax.Array:
     """Calls ``extend`` once per caption in ``new_scene_texts``: S0 + K scenes out.
+
+    ``scene_frames`` (the S0 existing scenes) and ``new_scene_frames`` (one count per new
+    caption) give scenes of their own lengths; None keeps every scene as long as the last.
 
     Step k uses the PRNG key ``fold_in(stream(seed, "extension"), k)`` (never the key a
     joint ``generate`` with the same seed draws its noise from); other keyword arguments go to
@@ -634,17 +706,32 @@ def extend_chain(
     """
     key = stream(seed, "extension")
     latents, text = jnp.asarray(scene_latents), jnp.asarray(scene_text)
+    if new_scene_frames is not None and len(new_scene_frames) != len(new_scene_texts):
+        raise ValueError(
+            f"new_scene_frames has {len(new_scene_frames)} counts for "
+            f"{len(new_scene_texts)} new captions"
+        )
+    frames = None if scene_frames is None else list(scene_frames)
     for k, caption in enumerate(new_scene_texts):
         caption = jnp.asarray(caption)
         if caption.ndim == 2:
             caption = jnp.broadcast_to(caption[None], (latents.shape[0],) + caption.shape)
+        new_frames = None if new_scene_frames is None else int(new_scene_frames[k])
+        if frames is None and new_frames is not None:  # from equal scenes to ragged ones
+            num_prior = text.shape[1] // caption.shape[1]
+            frames = list(_prior_scene_frames(None, num_prior, latents.shape[1]))
+        before = latents.shape[1]
         latents = extend(
             model,
             latents,
             caption,
             scene_text=text,
             seed=jax.random.fold_in(key, k),
+            scene_frames=frames,
+            new_scene_frames=new_frames,
             **kwargs,
         )
+        if frames is not None:
+            frames.append(latents.shape[1] - before)
         text = jnp.concatenate([text, caption.astype(text.dtype)], axis=1)
     return latents

@@ -13,6 +13,11 @@ mask 2 is drawn at random, so in this mode mask 2 is drawn **per batch**: with p
 is joint. The two model calls (causal layout / mask 1) are the two branches of one
 ``lax.cond``, so a step costs one forward + backward either way, and every sample is still
 conditional with probability ``p_cond`` (samples of one batch share the draw).
+
+Scenes of their own lengths (``scene_frames=(F_1, .., F_S)``, static, shared by the batch):
+latents are (B, F_1+..+F_S, H, W, C); each frame takes its scene's timestep and mask-2 role,
+and a sample's loss is the mean squared error over the tokens of its generated scenes (for
+equal scenes this is the mean of the per-scene errors, the formula used there).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from m2dit_jax.diffusion.schedule import CogVideoXSchedule
 from m2dit_jax.layout import check_generate_mask
@@ -44,6 +50,33 @@ def split_scenes(latents: jax.Array, num_scenes: int) -> jax.Array:
             "scenes must be concatenated along axis 1 with equal frame counts"
         )
     return latents.reshape(b, num_scenes, sf // num_scenes, *latents.shape[2:])
+
+
+def frame_scenes(values: jax.Array, scene_frames: tuple[int, ...]) -> jax.Array:
+    """(B, S, ...) per-scene values -> (B, F_1+..+F_S, ...): each frame gets its scene's."""
+    counts = np.asarray(scene_frames)
+    return jnp.repeat(values, counts, axis=1, total_repeat_length=int(counts.sum()))
+
+
+def scene_means(values: jax.Array, scene_frames: tuple[int, ...]) -> jax.Array:
+    """(B, F_1+..+F_S) per-frame values -> (B, S) per-scene means."""
+    ids = np.repeat(np.arange(len(scene_frames)), scene_frames)
+    sums = jax.ops.segment_sum(values.T, ids, num_segments=len(scene_frames)).T
+    return sums / jnp.asarray(scene_frames, values.dtype)
+
+
+def check_scene_frames(scene_frames, num_scenes: int, frames: int) -> tuple[int, ...] | None:
+    """``scene_frames`` as a tuple of S positive ints summing to ``frames`` (None stays None;
+    equal counts are returned as None: the equal layout)."""
+    if scene_frames is None:
+        return None
+    counts = tuple(int(f) for f in np.asarray(scene_frames).reshape(-1))
+    if len(counts) != num_scenes or min(counts) <= 0 or sum(counts) != frames:
+        raise ValueError(
+            f"scene_frames {counts} must be {num_scenes} positive per-scene latent frame counts "
+            f"summing to the latents' {frames} frames"
+        )
+    return None if len(set(counts)) == 1 else counts
 
 
 def merge_scenes(latents: jax.Array) -> jax.Array:
@@ -118,6 +151,7 @@ def diffusion_loss(
     schedule: CogVideoXSchedule,
     num_scenes: int,
     cond_mask_mode: str = "mask2dit",
+    scene_frames: tuple[int, ...] | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Deterministic core of ``loss_fn`` (all randomness passed in).
 
@@ -132,12 +166,21 @@ def diffusion_loss(
         "causal_conditions": a conditional batch runs the model with
         ``causal_conditions=S-1``; ``generate_mask`` must then be batch-uniform (all rows
         joint or all rows the last-scene extension mask; checked when concrete).
+      scene_frames: per-scene latent frames (static) for scenes of different lengths;
+        latents are then (B, F_1+..+F_S, H, W, C). None = S equal scenes.
 
     Returns:
       (loss, metrics): loss is the batch mean of each sample's MSE over its generated scenes;
       metrics has ``loss``, ``loss_per_scene`` (S,) (mean over samples generating that scene,
       0 where none does), ``num_cond`` (conditional samples) and ``t_mean``.
     """
+    scene_frames = check_scene_frames(scene_frames, num_scenes, latents.shape[1])
+    if scene_frames is not None:
+        return _ragged_loss(
+            model, latents, text_embeds, noise, timesteps, generate_mask,
+            schedule=schedule, num_scenes=num_scenes, cond_mask_mode=cond_mask_mode,
+            scene_frames=scene_frames,
+        )  # fmt: skip
     # f32 whatever the storage dtype: fp16 noise has ~1k distinct values and no tails.
     x0 = split_scenes(jnp.asarray(latents, jnp.float32), num_scenes)
     eps = split_scenes(jnp.asarray(noise, jnp.float32), num_scenes)
@@ -156,21 +199,9 @@ def diffusion_loss(
     target = schedule.velocity(x0, eps, t)
     scene_t = t[:, None] * gen.astype(jnp.int32)
 
-    check_cond_mask_mode(cond_mask_mode)
-    x_in = merge_scenes(model_in)
-    if cond_mask_mode == "causal_conditions" and num_scenes > 1:
-        if not isinstance(gen, jax.core.Tracer):
-            _check_causal_mask(gen, num_scenes)
-
-        def causal(x, text, st):
-            return model(x, text, st, num_scenes=num_scenes, causal_conditions=num_scenes - 1)
-
-        def joint(x, text, st):
-            return model(x, text, st, num_scenes=num_scenes)
-
-        pred = jax.lax.cond(~jnp.all(gen), causal, joint, x_in, text_embeds, scene_t)
-    else:
-        pred = model(x_in, text_embeds, scene_t, num_scenes=num_scenes)
+    pred = _model_call(
+        model, cond_mask_mode, gen, merge_scenes(model_in), text_embeds, scene_t, num_scenes
+    )
     if pred.shape != latents.shape:
         raise ValueError(
             f"model output shape {pred.shape} != latents shape {latents.shape}: "
@@ -181,6 +212,12 @@ def diffusion_loss(
 
     w = gen.astype(jnp.float32)
     per_sample = jnp.sum(err * w, axis=1) / jnp.maximum(jnp.sum(w, axis=1), 1.0)
+    return _loss_and_metrics(per_sample, err, gen, t)
+
+
+def _loss_and_metrics(per_sample, err, gen, t) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Batch mean of the per-sample losses (B,) and the metrics (err: (B, S) per-scene MSE)."""
+    w = gen.astype(jnp.float32)
     loss = jnp.mean(per_sample)
     per_scene = jnp.sum(err * w, axis=0) / jnp.maximum(jnp.sum(w, axis=0), 1.0)
     metrics = {
@@ -190,6 +227,59 @@ def diffusion_loss(
         "t_mean": jnp.mean(t.astype(jnp.float32)),
     }
     return loss, metrics
+
+
+def _model_call(model, cond_mask_mode, gen, x_in, text_embeds, scene_t, num_scenes, **kwargs):
+    """The model's prediction under the attention ``cond_mask_mode`` asks for (see module)."""
+    check_cond_mask_mode(cond_mask_mode)
+    if cond_mask_mode == "causal_conditions" and num_scenes > 1:
+        if not isinstance(gen, jax.core.Tracer):
+            _check_causal_mask(gen, num_scenes)
+
+        def causal(x, text, st):
+            return model(
+                x, text, st, num_scenes=num_scenes, causal_conditions=num_scenes - 1, **kwargs
+            )
+
+        def joint(x, text, st):
+            return model(x, text, st, num_scenes=num_scenes, **kwargs)
+
+        return jax.lax.cond(~jnp.all(gen), causal, joint, x_in, text_embeds, scene_t)
+    return model(x_in, text_embeds, scene_t, num_scenes=num_scenes, **kwargs)
+
+
+def _ragged_loss(
+    model, latents, text_embeds, noise, timesteps, generate_mask, *,
+    schedule, num_scenes, cond_mask_mode, scene_frames,
+) -> tuple[jax.Array, dict[str, jax.Array]]:  # fmt: skip
+    """``diffusion_loss`` for scenes of different lengths: per-frame t and mask 2."""
+    x0 = jnp.asarray(latents, jnp.float32)
+    eps = jnp.asarray(noise, jnp.float32)
+    b = x0.shape[0]
+    gen = jnp.asarray(generate_mask, bool)
+    if gen.shape != (b, num_scenes):
+        raise ValueError(f"generate mask must be (B, S)=({b}, {num_scenes}), got {gen.shape}")
+    t = jnp.asarray(timesteps, jnp.int32)
+    if t.shape != (b,):
+        raise ValueError(f"timesteps must be (B,)=({b},), got {t.shape}")
+    noisy = schedule.add_noise(x0, eps, t)
+    gen_f = frame_scenes(gen, scene_frames)  # (B, F_total)
+    model_in = jnp.where(gen_f[:, :, None, None, None], noisy, x0)
+    target = schedule.velocity(x0, eps, t)
+    scene_t = t[:, None] * gen.astype(jnp.int32)
+    pred = _model_call(
+        model, cond_mask_mode, gen, model_in, text_embeds, scene_t, num_scenes,
+        scene_frames=scene_frames,
+    )  # fmt: skip
+    if pred.shape != latents.shape:
+        raise ValueError(
+            f"model output shape {pred.shape} != latents shape {latents.shape}: "
+            "the v-prediction must have the latent channel count"
+        )
+    err_f = jnp.mean(jnp.square(pred.astype(jnp.float32) - target), axis=(2, 3, 4))  # (B, F)
+    w_f = gen_f.astype(jnp.float32)
+    per_sample = jnp.sum(err_f * w_f, axis=1) / jnp.maximum(jnp.sum(w_f, axis=1), 1.0)
+    return _loss_and_metrics(per_sample, scene_means(err_f, scene_frames), gen, t)
 
 
 def _generate_mask(
@@ -229,6 +319,7 @@ def eval_loss_fn(
     p_cond: float = 0.0,
     target_scene: str = "last",
     cond_mask_mode: str = "mask2dit",
+    scene_frames: tuple[int, ...] | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Deterministic held-out loss: fixed, evenly spaced timesteps and noise from ``key``.
 
@@ -255,6 +346,7 @@ def eval_loss_fn(
         schedule=schedule,
         num_scenes=num_scenes,
         cond_mask_mode=cond_mask_mode,
+        scene_frames=scene_frames,
     )
 
 
@@ -269,6 +361,7 @@ def loss_fn(
     target_scene: str = "last",
     caption_dropout: float = 0.0,
     cond_mask_mode: str = "mask2dit",
+    scene_frames: tuple[int, ...] | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Mask²DiT v-prediction loss of one batch; jit- and ``nnx.value_and_grad``-friendly.
 
@@ -288,6 +381,8 @@ def loss_fn(
       cond_mask_mode: "mask2dit" (release) or "causal_conditions" (conditional samples use
         the causal-condition attention mask; mask 2 drawn per batch, see the module doc;
         needs ``target_scene="last"``).
+      scene_frames: per-scene latent frame counts of the batch (static) when scenes differ
+        in length; None = equal scenes (see ``diffusion_loss``).
 
     Returns:
       (loss scalar, metrics) — see ``diffusion_loss``.
@@ -320,4 +415,5 @@ def loss_fn(
         schedule=schedule,
         num_scenes=num_scenes,
         cond_mask_mode=cond_mask_mode,
+        scene_frames=scene_frames,
     )

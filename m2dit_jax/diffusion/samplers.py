@@ -22,7 +22,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from m2dit_jax.diffusion.objective import merge_scenes, split_scenes
+from m2dit_jax.diffusion.objective import (
+    check_scene_frames,
+    frame_scenes,
+    merge_scenes,
+    split_scenes,
+)
 from m2dit_jax.diffusion.schedule import CogVideoXSchedule
 
 Denoise = Callable[[jax.Array, jax.Array], jax.Array]
@@ -124,11 +129,14 @@ def _sample_loop(
     condition_latents: jax.Array | None,
     return_trajectory: bool,
     step_hook: StepHook | None = None,
+    scene_frames: tuple[int, ...] | None = None,
 ):
     if noise.ndim != 5:
         raise ValueError(f"noise must be (B, S*F, H, W, C), got shape {noise.shape}")
     batch = noise.shape[0]
-    split_scenes(noise, num_scenes)  # validates the scene split
+    scene_frames = check_scene_frames(scene_frames, num_scenes, noise.shape[1])
+    if scene_frames is None:
+        split_scenes(noise, num_scenes)  # validates the scene split
     gen = _prepare_mask(generate_mask, batch, num_scenes)
     if generate_mask is not None and condition_latents is None:
         raise ValueError("generate_mask needs condition_latents (the clean condition scenes)")
@@ -141,6 +149,9 @@ def _sample_loop(
     def reset(x):
         if condition_latents is None:
             return x
+        if scene_frames is not None:  # per frame: its scene's role
+            gen_f = frame_scenes(gen, scene_frames)[:, :, None, None, None]
+            return jnp.where(gen_f, x, condition_latents.astype(x.dtype))
         clean = split_scenes(condition_latents.astype(x.dtype), num_scenes)
         return merge_scenes(jnp.where(gen_b, split_scenes(x, num_scenes), clean))
 
@@ -192,6 +203,7 @@ def ddim_sample(
     condition_latents: jax.Array | None = None,
     return_trajectory: bool = False,
     step_hook: StepHook | None = None,
+    scene_frames: tuple[int, ...] | None = None,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
     """CogVideoX DDIM (deterministic) from ``noise`` (B, S*F, H, W, C); jittable.
 
@@ -206,6 +218,8 @@ def ddim_sample(
       return_trajectory: also return the (num_steps, B, S*F, H, W, C) latents after each step.
       step_hook: ``step_hook(step, timestep, latents)`` traced once per step with the step
         index, that step's timestep and the latents after it (conditions already reset).
+      scene_frames: per-scene latent frames when scenes differ in length (the frame axis is
+        then F_1+..+F_S); None = S equal scenes.
     """
     return _sample_loop(
         "ddim",
@@ -219,6 +233,7 @@ def ddim_sample(
         condition_latents=condition_latents,
         return_trajectory=return_trajectory,
         step_hook=step_hook,
+        scene_frames=scene_frames,
     )
 
 
@@ -234,6 +249,7 @@ def dpm_sample(
     condition_latents: jax.Array | None = None,
     return_trajectory: bool = False,
     step_hook: StepHook | None = None,
+    scene_frames: tuple[int, ...] | None = None,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
     """CogVideoX DPM-Solver++(2M) SDE sampler; arguments as ``ddim_sample`` plus ``rng``.
 
@@ -251,4 +267,5 @@ def dpm_sample(
         condition_latents=condition_latents,
         return_trajectory=return_trajectory,
         step_hook=step_hook,
+        scene_frames=scene_frames,
     )

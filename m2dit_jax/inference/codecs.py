@@ -118,6 +118,10 @@ class PixelVideo:
         del key  # lossless and deterministic: there is no posterior to sample
         return self.autoencoder.encode(np.asarray(scenes))
 
+    def decoded_frames(self, latent_frames: int) -> int:
+        """Pixel frames that ``latent_frames`` latent frames decode to."""
+        return latent_frames * self.autoencoder.patch_t
+
     def decode(self, latents: np.ndarray) -> np.ndarray:
         lat = np.asarray(latents, np.float32)
         b, lf, lh, lw, _ = lat.shape
@@ -196,6 +200,14 @@ class VAEVideo:
             k = jax.random.fold_in(key, i) if key is not None else jax.random.key(0)
             out.append(np.asarray(self._encode(self._state, scenes[i : i + 1], k, key is not None)))
         return np.concatenate(out)
+
+    def decoded_frames(self, latent_frames: int) -> int:
+        """Pixel frames that ``latent_frames`` latent frames decode to (the decoder's shape,
+        traced without running it: 13 -> 49, 3 -> 9, 2 -> 8; only odd latent counts give back
+        the 4k+1 frames they were encoded from)."""
+        c = self.latent_channels
+        spec = jax.ShapeDtypeStruct((1, int(latent_frames), 2, 2, c), jnp.float32)
+        return int(jax.eval_shape(self._decode, self._state, spec).shape[1])
 
     def decode(self, latents: np.ndarray) -> np.ndarray:
         lat = jnp.asarray(latents, jnp.float32)

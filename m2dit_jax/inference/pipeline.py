@@ -337,6 +337,67 @@ class SamplingPipeline:
         self.video = spec
         return spec
 
+    # ------------------------------------------------------------------ scene lengths
+    def latent_frames_of(self, frames: int, *, where: str = "scene") -> int:
+        """Latent frames of a ``frames``-pixel-frame scene. The count must fit the
+        autoencoder's frame rule and decode back to ``frames`` (CogVideoX VAE: 8k+1 frames,
+        e.g. 1, 9, 17, 49: an even latent count decodes to 4 frames more than 4k+1)."""
+        v = self.video
+        try:
+            latent = int(self.autoencoder.latent_shape(frames, v.height, v.width)[0])
+        except ValueError as err:
+            raise ValueError(f"{where}: {frames} frames do not fit the autoencoder: {err}") from err
+        back = self.autoencoder.decoded_frames(latent)
+        if back != frames:
+            raise ValueError(
+                f"{where}: {frames} frames do not fit the autoencoder: they encode to {latent} "
+                f"latent frames, which decode to {back} frames (pick a length that round-trips, "
+                "e.g. 8k+1 frames for the CogVideoX VAE)"
+            )
+        return latent
+
+    def pixel_frames_of(self, latent_frames: int) -> int:
+        """Pixel frames that a scene of ``latent_frames`` latent frames decodes to."""
+        return int(self.autoencoder.decoded_frames(int(latent_frames)))
+
+    def scene_pixel_frames(self, script: SampleScript) -> tuple[int, ...]:
+        """Pixel frames of each scene of ``script``: its ``frames``, its ``seconds`` at the
+        video's fps snapped to the nearest count the autoencoder accepts (ties: the shorter),
+        or the model's default scene length."""
+        out = []
+        for i, scene in enumerate(script.scenes, start=1):
+            where = f"scene {i} ({scene.caption!r})"
+            if scene.frames is not None:
+                self.latent_frames_of(scene.frames, where=where)
+                out.append(int(scene.frames))
+            elif scene.seconds is not None:
+                wanted = max(1, round(scene.seconds * self.video.fps))
+                for delta in range(0, 4 * self.latent_shape[0] + 8):
+                    ok = [n for n in (wanted - delta, wanted + delta) if n >= 1 and self._fits(n)]
+                    if ok:
+                        out.append(ok[0])
+                        break
+                else:
+                    raise ValueError(f"{where}: no frame count near {wanted} fits the autoencoder")
+            else:
+                out.append(self.video.frames)
+        return tuple(out)
+
+    def _fits(self, frames: int) -> bool:
+        try:
+            self.latent_frames_of(frames)
+        except ValueError:
+            return False
+        return True
+
+    def scene_latent_frames(self, script: SampleScript) -> tuple[int, ...] | None:
+        """Latent frames of each scene of ``script``; None when every scene has the model's
+        default length (the equal layout)."""
+        if not script.has_lengths:
+            return None
+        counts = tuple(self.latent_frames_of(f) for f in self.scene_pixel_frames(script))
+        return None if set(counts) == {self.latent_shape[0]} else counts
+
     # ------------------------------------------------------------------ text
     def prepare_captions(self, captions: Sequence[str | None]) -> None:
         """Encodes (and caches) every caption not seen yet, in one batch; None = the empty
@@ -372,8 +433,9 @@ class SamplingPipeline:
         return jnp.asarray(np.concatenate([self._embed(n) for n in negatives])[None])
 
     # ------------------------------------------------------------------ video
-    def split_video(self, video: np.ndarray) -> np.ndarray:
-        """(S*F, H, W, 3) -> (S, F, H, W, 3), checking the model's frame size."""
+    def split_video(self, video: np.ndarray, scene_frames: Sequence[int] | None = None):
+        """(S*F, H, W, 3) -> (S, F, H, W, 3), checking the model's frame size; with
+        ``scene_frames`` (pixel frames per scene) a list of (F_i, H, W, 3) scenes."""
         v = self.video
         video = np.asarray(video)
         if video.ndim != 4 or video.shape[1:] != (v.height, v.width, 3):
@@ -381,24 +443,62 @@ class SamplingPipeline:
                 f"video must be (frames, {v.height}, {v.width}, 3) for this model, "
                 f"got {video.shape}"
             )
+        if scene_frames is not None:
+            counts = [int(f) for f in scene_frames]
+            if min(counts) < 1 or sum(counts) != video.shape[0]:
+                raise ValueError(
+                    f"scene_frames {counts} do not add up to the video's {video.shape[0]} frames"
+                )
+            return np.split(video, np.cumsum(counts)[:-1])
         if video.shape[0] == 0 or video.shape[0] % v.frames:
             raise ValueError(
                 f"video has {video.shape[0]} frames: not a whole number of {v.frames}-frame scenes"
             )
         return video.reshape(-1, v.frames, *video.shape[1:])
 
-    def encode_video(self, video: np.ndarray, *, key: jax.Array | None = None) -> jax.Array:
+    def encode_video(
+        self,
+        video: np.ndarray,
+        *,
+        key: jax.Array | None = None,
+        scene_frames: Sequence[int] | None = None,
+    ) -> jax.Array:
         """(S*F, H, W, 3) uint8 -> latents (1, S*F', h, w, C), each scene encoded on its own;
-        ``key``: a posterior sample instead of the mode (VAE only)."""
-        latents = self.autoencoder.encode(self.split_video(video), key)
-        return jnp.asarray(latents.reshape(1, -1, *latents.shape[2:]))
+        ``key``: a posterior sample instead of the mode (VAE only); ``scene_frames``: pixel
+        frames per scene for scenes of their own lengths (scene i encoded with
+        ``fold_in(key, i)``)."""
+        if scene_frames is None:
+            latents = self.autoencoder.encode(self.split_video(video), key)
+            return jnp.asarray(latents.reshape(1, -1, *latents.shape[2:]))
+        parts = []
+        for i, scene in enumerate(self.split_video(video, scene_frames)):
+            self.latent_frames_of(scene.shape[0], where=f"scene {i + 1}")
+            k = None if key is None else jax.random.fold_in(key, i)
+            parts.append(self.autoencoder.encode(scene[None], k)[0])
+        return jnp.asarray(np.concatenate(parts)[None])
 
-    def decode_latents(self, latents: jax.Array, *, output: str = "uint8") -> np.ndarray:
+    def decode_latents(
+        self,
+        latents: jax.Array,
+        *,
+        output: str = "uint8",
+        scene_frames: Sequence[int] | None = None,
+    ) -> np.ndarray:
         """(B, S*F', h, w, C) -> (B, S*F, H, W, 3), scene by scene; ``output`` "uint8" or
-        "float" (float32 in [0, 1])."""
+        "float" (float32 in [0, 1]); ``scene_frames``: latent frames per scene for scenes of
+        their own lengths (each decoded on its own)."""
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {OUTPUTS}, got {output!r}")
         lat = np.asarray(jax.device_get(latents), np.float32)
+        if scene_frames is not None:
+            counts = [int(f) for f in scene_frames]
+            if lat.ndim != 5 or sum(counts) != lat.shape[1]:
+                raise ValueError(f"latents {lat.shape} do not split into scenes of {counts}")
+            scenes = np.split(lat, np.cumsum(counts)[:-1], axis=1)
+            video = np.concatenate([self.autoencoder.decode(x) for x in scenes], axis=1)
+            if output == "uint8":
+                return codecs.unit_to_uint8(video)
+            return codecs.unit_to_float01(video)
         b, f = lat.shape[0], self.latent_shape[0]
         if lat.ndim != 5 or lat.shape[1] % f:
             raise ValueError(f"latents {lat.shape} do not split into {f}-frame scenes")
@@ -453,9 +553,12 @@ class SamplingPipeline:
         noise: Any = None,
         guidance_schedule: Sequence[float] | None = None,
         callback: StepCallback | None = None,
+        scene_frames: Sequence[int] | None = None,
     ) -> jax.Array:
         """B videos of S = num_scenes scenes sampled jointly -> latents (B, S*F', h, w, C).
 
+        ``scene_frames``: the S scenes' latent frames when they differ in length (latents
+        (B, F'_1+..+F'_S, h, w, C)); None = the model's scene length for every scene.
         ``noise``: explicit initial latents (B, S*F', h, w, C); default drawn from the seed.
         ``negatives``: S per-scene negative captions shared by the batch (None = empty).
         ``guidance_schedule``: one CFG scale per sampler step (instead of the sampler's
@@ -467,7 +570,8 @@ class SamplingPipeline:
             raise ValueError(f"this model samples {s} scenes jointly; give {s} captions per video")
         text = self.encode_captions(captions)
         negative = jnp.broadcast_to(self.encode_negatives(negatives or [None] * s), text.shape)
-        shape = (len(captions), s * self.latent_shape[0], *self.latent_shape[1:])
+        frames = s * self.latent_shape[0] if scene_frames is None else sum(scene_frames)
+        shape = (len(captions), frames, *self.latent_shape[1:])
         if noise is None:
             noise = initial_noise(sampler.seed, shape)
         elif tuple(np.shape(noise)) != shape:
@@ -482,6 +586,7 @@ class SamplingPipeline:
             guidance_schedule=guidance_schedule,
             callback=callback,
             desc=f"{s} scenes",
+            scene_frames=None if scene_frames is None else tuple(scene_frames),
         )
 
     def extend_latents(
@@ -498,9 +603,13 @@ class SamplingPipeline:
         cache_conditions: bool = False,
         guidance_schedule: Sequence[float] | None = None,
         callback: StepCallback | None = None,
+        scene_frames: Sequence[int] | None = None,
+        new_frames: Sequence[int] | None = None,
     ) -> jax.Array:
         """Appends K scenes to B videos' latents, one extension step (mask 2) per scene.
 
+        ``scene_frames``: latent frames of the scenes in ``latents`` and ``new_frames`` of the
+        K new scenes, for scenes of their own lengths (None = the model's scene length).
         ``previous``: per video, the captions of the scenes in ``latents``; ``new``: per video,
         K captions; ``negatives``: K negative captions shared by the batch (None = empty).
         ``noise``: the K new scenes' initial latents (B, K*F', h, w, C); default: step k draws
@@ -524,8 +633,11 @@ class SamplingPipeline:
         if len(negatives) != k_new:
             raise ValueError(f"{len(negatives)} negatives for {k_new} new scenes")
         f = self.latent_shape[0]
+        new_counts = [f] * k_new if new_frames is None else [int(n) for n in new_frames]
+        if len(new_counts) != k_new:
+            raise ValueError(f"new_frames has {len(new_counts)} counts for {k_new} new scenes")
         if noise is not None:
-            want = (latents.shape[0], k_new * f, *latents.shape[2:])
+            want = (latents.shape[0], sum(new_counts), *latents.shape[2:])
             if tuple(np.shape(noise)) != want:
                 raise ValueError(
                     f"noise must be the {k_new} new scenes' initial latents {want} "
@@ -536,17 +648,21 @@ class SamplingPipeline:
         text = self.encode_captions(previous)
         t_len = self.text_encoder.text_len
         num_prior = text.shape[1] // t_len
-        if latents.shape[1] != num_prior * f:
+        counts = [f] * num_prior if scene_frames is None else [int(n) for n in scene_frames]
+        if len(counts) != num_prior or sum(counts) != latents.shape[1]:
             raise ValueError(
-                f"latents hold {latents.shape[1] // f} scenes but {num_prior} captions were given"
+                f"latents hold {latents.shape[1]} latent frames but {num_prior} captions of "
+                f"scenes with {counts} frames were given"
             )
+        noise_at = 0
         for k in range(k_new):
             key = extension_key(sampler.seed, seed_offset + k)
             caption = self.encode_captions([[n[k]] for n in new])  # (B, T, D)
-            num_prior = latents.shape[1] // f
+            num_prior = len(counts)
             num_cond = min(window - 1, num_prior)
             s = num_cond + 1
-            cond = latents[:, (num_prior - num_cond) * f :]
+            window_frames = (*counts[num_prior - num_cond :], new_counts[k])
+            cond = latents[:, sum(counts[: num_prior - num_cond]) :]
             if self.condition_mode == "release":  # add_noise at t = 0 (abar_0 < 1)
                 eps = jax.random.normal(stream(key, "condition_noise"), cond.shape)
                 t0 = jnp.zeros((cond.shape[0],), jnp.int32)
@@ -555,11 +671,15 @@ class SamplingPipeline:
             negative = jnp.broadcast_to(
                 self.encode_negatives([negatives[k]] * s), window_text.shape
             )
-            shape = (latents.shape[0], s * f, *latents.shape[2:])
+            n_new = new_counts[k]
+            shape = (latents.shape[0], sum(window_frames), *latents.shape[2:])
             if noise is None:
                 x_init = initial_noise(key, shape)
             else:  # the conditions' part is replaced by their values before the first step
-                x_init = jnp.concatenate([jnp.zeros_like(cond), noise[:, k * f : (k + 1) * f]], 1)
+                own = noise[:, noise_at : noise_at + n_new]
+                x_init = jnp.concatenate([jnp.zeros_like(cond), own], 1)
+            noise_at += n_new
+            ragged = len(set(window_frames)) > 1
             out = self._loop(
                 sampler,
                 text=window_text,
@@ -568,15 +688,19 @@ class SamplingPipeline:
                 num_scenes=s,
                 seed=key,
                 generate_mask=tuple(bool(m) for m in extension_mask(s, num_cond)),
-                condition_latents=jnp.concatenate([cond, jnp.zeros_like(latents[:, :f])], 1),
+                condition_latents=jnp.concatenate(
+                    [cond, jnp.zeros((cond.shape[0], n_new, *cond.shape[2:]), cond.dtype)], 1
+                ),
                 causal_conditions=num_cond if self.causal_conditions else 0,
                 cache_conditions=cache_conditions,
                 guidance_schedule=guidance_schedule,
                 callback=callback,
                 desc=f"extending: scene {num_prior + 1}",
+                scene_frames=window_frames if ragged else None,
             )
-            latents = jnp.concatenate([latents, out[:, num_cond * f :]], axis=1)
+            latents = jnp.concatenate([latents, out[:, sum(window_frames[:-1]) :]], axis=1)
             text = jnp.concatenate([text, caption], axis=1)
+            counts.append(n_new)
         return latents
 
     def check_cache_conditions(self) -> None:
@@ -612,6 +736,8 @@ class SamplingPipeline:
         ``noise``: initial latents, either of the joint sample (1, S*F', h, w, C) or of every
         scene of the script (1, N*F', h, w, C: scenes past S are the extensions' new scenes).
         ``cache_conditions``, ``guidance_schedule``, ``callback``: see ``extend_latents``.
+        Scenes with ``frames`` / ``seconds`` get their own lengths (``scene_pixel_frames``);
+        the video then has their frames back to back.
         """
         s = self.video.num_scenes
         if len(script.scenes) < s:
@@ -622,11 +748,15 @@ class SamplingPipeline:
         if cache_conditions:
             self.check_cache_conditions()
         f = self.latent_shape[0]
+        n = len(script.scenes)
+        lengths = self.scene_latent_frames(script)
+        counts = list(lengths) if lengths is not None else [f] * n
+        joint_frames = tuple(counts[:s]) if lengths is not None else None
         joint_noise = extra_noise = None
         if noise is not None:
-            n = len(script.scenes)
-            if np.ndim(noise) == 5 and np.shape(noise)[1] == n * f and n > s:
-                joint_noise, extra_noise = noise[:, : s * f], noise[:, s * f :]
+            if np.ndim(noise) == 5 and np.shape(noise)[1] == sum(counts) and n > s:
+                cut = sum(counts[:s])
+                joint_noise, extra_noise = noise[:, :cut], noise[:, cut:]
             else:
                 joint_noise = noise  # checked by sample_latents
         self.prepare_captions(self._script_captions(script))
@@ -638,6 +768,7 @@ class SamplingPipeline:
             noise=joint_noise,
             guidance_schedule=guidance_schedule,
             callback=callback,
+            scene_frames=joint_frames,
         )
         if len(captions) > s:
             latents = self.extend_latents(
@@ -652,8 +783,10 @@ class SamplingPipeline:
                 cache_conditions=cache_conditions,
                 guidance_schedule=guidance_schedule,
                 callback=callback,
+                scene_frames=joint_frames,
+                new_frames=None if lengths is None else counts[s:],
             )
-        return self.decode_latents(latents, output=output)[0]
+        return self.decode_latents(latents, output=output, scene_frames=lengths)[0]
 
     def extend(
         self,
@@ -666,16 +799,20 @@ class SamplingPipeline:
         cache_conditions: bool = False,
         guidance_schedule: Sequence[float] | None = None,
         callback: StepCallback | None = None,
+        previous_frames: Sequence[int] | None = None,
     ) -> np.ndarray:
         """Appends ``script``'s scenes to ``video`` (whose scenes had ``previous_captions``).
 
+        ``previous_frames``: pixel frames of each scene of ``video`` when they differ (None:
+        equal scenes of the model's length); the script's ``frames`` / ``seconds`` set the
+        new scenes' lengths.
         The previous scenes are encoded one by one (``condition_mode="release"``: a posterior
         sample, scene i from ``fold_in(posterior_key(seed), i)``); the output repeats them as
         decoded from those latents (before any ``add_noise``), then the new scenes.
         ``noise``: the new scenes' initial latents (1, K*F', h, w, C); ``cache_conditions``,
         ``guidance_schedule``, ``callback``: see ``extend_latents``.
         """
-        scenes = self.split_video(video)
+        scenes = self.split_video(video, previous_frames)
         if len(previous_captions) != len(scenes):
             raise ValueError(
                 f"the video has {len(scenes)} scenes but {len(previous_captions)} captions were "
@@ -687,8 +824,12 @@ class SamplingPipeline:
         key = None
         if self.condition_mode == "release":
             key = posterior_key(script.sampler.seed)
+        prior = new = None
+        if previous_frames is not None or script.has_lengths:
+            prior = [self.latent_frames_of(x.shape[0]) for x in scenes]
+            new = [self.latent_frames_of(x) for x in self.scene_pixel_frames(script)]
         latents = self.extend_latents(
-            self.encode_video(video, key=key),
+            self.encode_video(video, key=key, scene_frames=previous_frames),
             [list(previous_captions)],
             [script.captions],
             script.sampler,
@@ -698,5 +839,9 @@ class SamplingPipeline:
             cache_conditions=cache_conditions,
             guidance_schedule=guidance_schedule,
             callback=callback,
+            scene_frames=prior,
+            new_frames=new,
         )
-        return self.decode_latents(latents, output=output)[0]
+        return self.decode_latents(
+            latents, output=output, scene_frames=None if prior is None else prior + new
+        )[0]

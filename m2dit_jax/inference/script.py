@@ -13,9 +13,15 @@
       - caption: "a red square moves left"
         negative: "a green square"    # optional, overrides the default negative
       - "the object turns blue and moves up"   # a bare string is a caption
+      - caption: "a close-up"
+        seconds: 2                    # optional shot length: seconds (at the model's fps) ...
+      - caption: "a wide shot"
+        frames: 25                    # ... or pixel frames; default: the model's frames
 
 ``load_script(path)`` / ``parse_script(data)`` validate everything and raise a ValueError that
 names the file and the field (missing caption, empty scene list, unknown key, bad value).
+A scene's ``frames`` / ``seconds`` (not both) ask for a shot of its own length; the pipeline
+turns them into latent frames with its autoencoder's frame rule (``SamplingPipeline``).
 """
 
 from __future__ import annotations
@@ -28,14 +34,19 @@ import yaml
 
 SAMPLERS = ("ddim", "dpm")
 _TOP_KEYS = {"scenes", "negative", "sampler", "window"}
-_SCENE_KEYS = {"caption", "negative"}
+_SCENE_KEYS = {"caption", "negative", "frames", "seconds"}
 _SAMPLER_KEYS = {"name", "steps", "guidance_scale", "seed", "dynamic_cfg"}
 
 
 @dataclasses.dataclass(frozen=True)
 class SceneSpec:
+    """One scene: its caption, optional negative, optional length (pixel frames or seconds;
+    None = the model's default scene length)."""
+
     caption: str
     negative: str | None = None
+    frames: int | None = None
+    seconds: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +73,11 @@ class SampleScript:
     @property
     def negatives(self) -> list[str | None]:
         return [s.negative for s in self.scenes]
+
+    @property
+    def has_lengths(self) -> bool:
+        """Whether any scene asks for its own length (``frames`` or ``seconds``)."""
+        return any(s.frames is not None or s.seconds is not None for s in self.scenes)
 
 
 def _check_keys(data: dict, allowed: set[str], where: str) -> None:
@@ -110,7 +126,18 @@ def parse_script(data: Any, *, source: str = "script") -> SampleScript:
         negative = default_negative
         if raw.get("negative") is not None:
             negative = _text(raw["negative"], f"{where} 'negative'")
-        scenes.append(SceneSpec(_text(raw["caption"], f"{where} 'caption'"), negative))
+        frames = seconds = None
+        if raw.get("frames") is not None and raw.get("seconds") is not None:
+            raise ValueError(f"{where}: give 'frames' or 'seconds', not both")
+        if raw.get("frames") is not None:
+            frames = _int(raw["frames"], f"{where} 'frames'", 1)
+        if raw.get("seconds") is not None:
+            seconds = raw["seconds"]
+            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds <= 0:
+                raise ValueError(f"{where} 'seconds' must be a number > 0, got {seconds!r}")
+            seconds = float(seconds)
+        caption = _text(raw["caption"], f"{where} 'caption'")
+        scenes.append(SceneSpec(caption, negative, frames, seconds))
     sampler_data = data.get("sampler") or {}
     if not isinstance(sampler_data, dict):
         raise ValueError(f"{source}: 'sampler' must be a mapping, got {sampler_data!r}")
@@ -155,7 +182,12 @@ def script_to_dict(script: SampleScript) -> dict[str, Any]:
     out: dict[str, Any] = {
         "sampler": dataclasses.asdict(script.sampler),
         "scenes": [
-            {"caption": s.caption, **({"negative": s.negative} if s.negative else {})}
+            {
+                "caption": s.caption,
+                **({"negative": s.negative} if s.negative else {}),
+                **({"frames": s.frames} if s.frames is not None else {}),
+                **({"seconds": s.seconds} if s.seconds is not None else {}),
+            }
             for s in script.scenes
         ],
     }

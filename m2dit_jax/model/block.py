@@ -12,6 +12,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
@@ -38,10 +39,14 @@ def scene_broadcast(text_values: jax.Array, video_values: jax.Array, layout: Sce
     text = jnp.repeat(
         text_values, layout.text_block, axis=1, total_repeat_length=s * layout.text_block
     )
-    video = jnp.repeat(
-        video_values, layout.video_len, axis=1, total_repeat_length=s * layout.video_len
-    )
-    return jnp.concatenate([text, video], axis=1)
+    return jnp.concatenate([text, scene_repeat(video_values, layout)], axis=1)
+
+
+def scene_repeat(values: jax.Array, layout: SceneLayout) -> jax.Array:
+    """(B, S, D) per-scene values -> (B, video_total, D): each scene's row for its video
+    tokens (scenes of different lengths repeat their own number of times)."""
+    counts = np.asarray(layout.video_lens) if layout.is_ragged else layout.video_len
+    return jnp.repeat(values, counts, axis=1, total_repeat_length=layout.video_total)
 
 
 class AdaLayerNormZero(nnx.Module):

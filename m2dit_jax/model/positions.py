@@ -125,7 +125,7 @@ def resize_trilinear(grid: np.ndarray, size: tuple[int, int, int]) -> np.ndarray
 def release_sincos_table(
     width: int,
     num_scenes: int,
-    frames: int,
+    frames: int | tuple[int, ...],
     grid_h: int,
     grid_w: int,
     sample_frames: int,
@@ -142,10 +142,15 @@ def release_sincos_table(
     rows (VideoX-Fun ``CogVideoXPatchEmbed.forward``; S is the number of scenes). With
     frames < sample_frames the scene boundaries fall inside the stretched table, as in the
     release. frames > sample_frames leaves too few rows (the release crashes): ValueError.
+    Scenes of their own lengths (``frames`` a tuple) keep the first F_1+..+F_S frames (needs
+    F_1+..+F_S <= S*sample_frames).
     """
-    if frames > sample_frames:
+    per_scene = tuple(frames) if isinstance(frames, tuple) else (frames,) * num_scenes
+    if len(per_scene) != num_scenes:
+        raise ValueError(f"frames {frames} must give one count per scene (num_scenes={num_scenes})")
+    if sum(per_scene) > num_scenes * sample_frames:
         raise ValueError(
-            f"positions_convention='release' sin-cos: {frames} latent frames per scene exceed "
+            f"positions_convention='release' sin-cos: {per_scene} latent frames per scene exceed "
             f"the config's sample_frames={sample_frames}; the release's stretched table holds "
             f"only S*sample_frames frames (it crashes here). Use at most {sample_frames} latent "
             "frames per scene, raise the model config's sample_frames (the table is then built "
@@ -155,7 +160,7 @@ def release_sincos_table(
     grid = base.reshape(sample_frames, sample_h, sample_w, width)
     spatial = resize_trilinear(grid, (sample_frames, grid_h, grid_w))  # w, then h
     # then t, only for the S*frames output frames that are kept (the first rows)
-    keep = num_scenes * frames
+    keep = sum(per_scene)  # ragged scenes: the first F_1+..+F_S frames, positions continuous
     lo, hi, w_lo, w_hi = _linear_taps(sample_frames, num_scenes * sample_frames)
     out = spatial[lo[:keep]] * w_lo[:keep, None, None, None]
     out = out + spatial[hi[:keep]] * w_hi[:keep, None, None, None]

@@ -1,7 +1,9 @@
 """``Mask2DiT``: the CogVideoX transformer with mask 1 (attention) and mask 2 (per-scene t).
 
-Call ``model(latents, text_embeds, timesteps, *, num_scenes)``:
-  latents      (B, S*F, H, W, C)  channels-last, the S scenes' latent frames concatenated,
+Call ``model(latents, text_embeds, timesteps, *, num_scenes[, scene_frames])``:
+  latents      (B, S*F, H, W, C)  channels-last, the S scenes' latent frames concatenated
+                                  (scenes of their own lengths: (B, F_1+..+F_S, H, W, C) with
+                                  ``scene_frames=(F_1, .., F_S)``),
   text_embeds  (B, S*T, text_dim) the S captions' encoder outputs concatenated,
   timesteps    (B,) or (B, S)     per-scene timesteps (mask 2: t = 0 for condition scenes),
 returns the prediction (B, S*F, H, W, out_channels) in float32.
@@ -19,7 +21,7 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from m2dit_jax.layout import CAUSAL_CONDITIONS, SceneLayout
-from m2dit_jax.model.block import ACT, Mask2DiTBlock, scene_broadcast
+from m2dit_jax.model.block import ACT, Mask2DiTBlock, scene_broadcast, scene_repeat
 from m2dit_jax.model.config import validate_config
 from m2dit_jax.model.embeddings import TimestepEmbedding, patchify, unpatchify
 from m2dit_jax.model.layers import Dense, LayerNorm
@@ -144,10 +146,13 @@ class Mask2DiT(nnx.Module):
         num_scenes: int,
         text_len: int | None = None,
         causal_conditions: int = 0,
+        scene_frames: Sequence[int] | None = None,
     ) -> SceneLayout:
         """SceneLayout of latents shaped (B, S*F, H, W, C) (or without B) for ``num_scenes``.
 
         ``text_len`` defaults to ``config.text_len`` (caption tokens per scene).
+        ``scene_frames``: the S scenes' latent frame counts when they differ (ragged scenes;
+        they must sum to the latent frame axis); None = S equal scenes.
         ``causal_conditions=K > 0``: the first K scenes are mask-2 conditions under
         ``mask_mode="causal_conditions"`` (needs the model's ``mask_mode="mask2dit"``).
         """
@@ -159,10 +164,29 @@ class Mask2DiT(nnx.Module):
         frames, height, width = shape[-4], shape[-3], shape[-2]
         if isinstance(num_scenes, bool) or not isinstance(num_scenes, int) or num_scenes <= 0:
             raise ValueError(f"num_scenes must be a positive int, got {num_scenes!r}")
-        if frames % num_scenes:
+        if scene_frames is not None:
+            per_scene = tuple(scene_frames)
+            if len(per_scene) != num_scenes or any(
+                isinstance(f, bool) or not isinstance(f, (int, np.integer)) or f <= 0
+                for f in per_scene
+            ):
+                raise ValueError(
+                    f"scene_frames must be {num_scenes} positive ints (one per scene), got "
+                    f"{scene_frames!r}"
+                )
+            if sum(per_scene) != frames:
+                raise ValueError(
+                    f"scene_frames {per_scene} sum to {sum(per_scene)} latent frames but the "
+                    f"latents have {frames} (axis 1)"
+                )
+            scene_len = tuple(int(f) for f in per_scene)
+        elif frames % num_scenes:
             raise ValueError(
-                f"latent frames {frames} (axis 1) are not divisible by num_scenes={num_scenes}"
+                f"latent frames {frames} (axis 1) are not divisible by num_scenes={num_scenes}; "
+                "scenes of different lengths need scene_frames=(F_1, ..., F_S)"
             )
+        else:
+            scene_len = frames // num_scenes
         p = self.config.patch_size
         if height % p or width % p:
             raise ValueError(f"latent H x W = {height} x {width} must be multiples of patch {p}")
@@ -177,7 +201,7 @@ class Mask2DiT(nnx.Module):
         return SceneLayout(
             num_scenes,
             int(text_len if text_len is not None else self.config.text_len),
-            frames // num_scenes,
+            scene_len,
             height // p,
             width // p,
             text_pad_to=self.config.text_pad_to,
@@ -192,7 +216,7 @@ class Mask2DiT(nnx.Module):
         p = cfg.patch_size
         cos, sin = rope_tables(
             cfg.head_dim,
-            layout.num_scenes * layout.frames,
+            layout.total_frames,
             layout.grid_h,
             layout.grid_w,
             cfg.sample_height // p,
@@ -212,7 +236,7 @@ class Mask2DiT(nnx.Module):
                 release_sincos_table(
                     cfg.num_heads * cfg.head_dim,
                     layout.num_scenes,
-                    layout.frames,
+                    layout.scene_frames,
                     layout.grid_h,
                     layout.grid_w,
                     cfg.sample_frames,
@@ -223,7 +247,13 @@ class Mask2DiT(nnx.Module):
                 )
             )
         stretch = cfg.sincos_temporal == "stretch"
-        frames = layout.frames if stretch else layout.num_scenes * layout.frames
+        if stretch and layout.is_ragged:
+            raise ValueError(
+                f"sincos_temporal='stretch' stretches one scene's table over S equal scenes; "
+                f"scenes of different lengths {layout.frames} have no such table. Use "
+                "sincos_temporal='continuous' (positions over all frames) for ragged scenes"
+            )
+        frames = layout.frames if stretch else layout.total_frames
         table = sincos_table(
             cfg.num_heads * cfg.head_dim,
             frames,
@@ -234,13 +264,13 @@ class Mask2DiT(nnx.Module):
         )
         if stretch and layout.num_scenes > 1:
             table = stretch_frames(
-                table, frames, layout.tokens_per_frame, layout.num_scenes * layout.frames
+                table, frames, layout.tokens_per_frame, layout.total_frames
             )
         return jnp.asarray(table)
 
     # ------------------------------------------------------------------ forward
     def _check_inputs(
-        self, latents, text_embeds, timesteps, num_scenes, causal_conditions=0
+        self, latents, text_embeds, timesteps, num_scenes, causal_conditions=0, scene_frames=None
     ) -> SceneLayout:
         cfg = self.config
         if latents.ndim != 5 or latents.shape[-1] != cfg.in_channels:
@@ -270,7 +300,11 @@ class Mask2DiT(nnx.Module):
                 f"got {jnp.shape(timesteps)}"
             )
         return self.layout(
-            latents.shape, num_scenes, text_embeds.shape[1] // num_scenes, causal_conditions
+            latents.shape,
+            num_scenes,
+            text_embeds.shape[1] // num_scenes,
+            causal_conditions,
+            scene_frames,
         )
 
     def __call__(
@@ -281,14 +315,19 @@ class Mask2DiT(nnx.Module):
         *,
         num_scenes: int,
         causal_conditions: int = 0,
+        scene_frames: Sequence[int] | None = None,
     ) -> jax.Array:
         """Predicts (B, S*F, H, W, out_channels) float32; see the module docstring.
 
         ``causal_conditions=K > 0``: the first K scenes are mask-2 conditions and attend only
         among themselves (``mask_mode="causal_conditions"``); 0 (default) is mask 1.
+        ``scene_frames``: per-scene latent frame counts for scenes of different lengths
+        (static: one compiled program per distinct tuple); None = equal scenes.
         """
         cfg = self.config
-        layout = self._check_inputs(latents, text_embeds, timesteps, num_scenes, causal_conditions)
+        layout = self._check_inputs(
+            latents, text_embeds, timesteps, num_scenes, causal_conditions, scene_frames
+        )
         batch, s = latents.shape[0], num_scenes
         t = jnp.asarray(timesteps)
         if t.ndim == 1:  # one t per sample: every scene shares it (the same path, same bits)
@@ -320,43 +359,63 @@ class Mask2DiT(nnx.Module):
         video = self.norm_final(x[:, layout.text_total :])
         shift, scale = jnp.split(self.norm_out_linear(jax.nn.silu(temb)), 2, axis=-1)
         # only video tokens remain: per-scene broadcast over the video part alone
-        scale_tok = jnp.repeat(
-            scale, layout.video_len, axis=1, total_repeat_length=layout.video_total
-        )
-        shift_tok = jnp.repeat(
-            shift, layout.video_len, axis=1, total_repeat_length=layout.video_total
-        )
+        scale_tok = scene_repeat(scale, layout)
+        shift_tok = scene_repeat(shift, layout)
         video = self.norm_out(video) * (1 + scale_tok) + shift_tok
         out = self.proj_out(video).astype(jnp.float32)
         _, frames, height, width, _ = latent_shape
         return unpatchify(out, frames, height, width, self.config.patch_size)
 
     # ------------------------------------------------------------------ cached extension
-    def _window_parts(self, cond_shape, new_shape, text_len: int, num_scenes: int):
-        """(window layout, conditions' layout, new scene's layout, positions of each part)."""
+    def _window_parts(
+        self, cond_shape, new_shape, text_len: int, num_scenes: int, scene_frames=None
+    ):
+        """(window layout, conditions' layout, new scene's layout, positions of each part).
+
+        ``scene_frames``: the window's per-scene latent frames (conditions, then the new
+        scene) when they differ; None = equal scenes of the new scene's length."""
         s, k = num_scenes, num_scenes - 1
         if isinstance(s, bool) or not isinstance(s, int) or s < 2:
             raise ValueError(f"num_scenes (the window) must be an int >= 2, got {num_scenes!r}")
-        frames = new_shape[1]
+        if scene_frames is None:
+            window_frames = (new_shape[1],) * s
+        else:
+            window_frames = tuple(int(f) for f in scene_frames)
+            if len(window_frames) != s or min(window_frames) < 1:
+                raise ValueError(
+                    f"scene_frames {scene_frames!r} must give the {s} window scenes' latent "
+                    "frames (conditions, then the new scene)"
+                )
+        if new_shape[1] != window_frames[-1]:
+            raise ValueError(
+                f"the new scene's latents have {new_shape[1]} frames; scene_frames says "
+                f"{window_frames[-1]}"
+            )
+        cond_frames = sum(window_frames[:k])
         if cond_shape is not None and tuple(cond_shape[2:]) != tuple(new_shape[2:]):
             raise ValueError(
                 f"condition latents {tuple(cond_shape)} and new-scene latents "
                 f"{tuple(new_shape)} differ in H, W or C"
             )
-        if cond_shape is not None and cond_shape[1] != k * frames:
+        if cond_shape is not None and cond_shape[1] != cond_frames:
             raise ValueError(
-                f"condition latents have {cond_shape[1]} frames; a window of {s} scenes needs "
-                f"{k} conditions x {frames} frames = {k * frames}"
+                f"condition latents have {cond_shape[1]} frames; a window of {s} scenes "
+                f"{window_frames} needs {k} conditions with {cond_frames} frames"
             )
-        window_shape = (new_shape[0], s * frames, *new_shape[2:])
-        window = self.layout(window_shape, s, text_len, causal_conditions=k)
+        window_shape = (new_shape[0], sum(window_frames), *new_shape[2:])
+        ragged = len(set(window_frames)) > 1
+        window = self.layout(
+            window_shape, s, text_len, causal_conditions=k,
+            scene_frames=window_frames if ragged else None,
+        )  # fmt: skip
         geometry = dict(text_pad_to=window.text_pad_to)
-        dims = (text_len, window.frames, window.grid_h, window.grid_w)
-        cond = SceneLayout(k, *dims, **geometry)
-        new = SceneLayout(1, *dims, **geometry)
-        tb, lv, tt = window.text_block, window.video_len, window.text_total
-        cond_idx = np.concatenate([np.arange(k * tb), tt + np.arange(k * lv)])
-        new_idx = np.concatenate([k * tb + np.arange(tb), tt + k * lv + np.arange(lv)])
+        grid = (window.grid_h, window.grid_w)
+        cond = SceneLayout(k, text_len, window.scene_frames[:k], *grid, **geometry)
+        new = SceneLayout(1, text_len, window.scene_frames[-1], *grid, **geometry)
+        tb, tt = window.text_block, window.text_total
+        lc, lv = cond.video_total, new.video_total
+        cond_idx = np.concatenate([np.arange(k * tb), tt + np.arange(lc)])
+        new_idx = np.concatenate([k * tb + np.arange(tb), tt + lc + np.arange(lv)])
         cfg = self.config
         rope_cond = rope_new = sincos_cond = sincos_new = None
         if cfg.positions == "rope":
@@ -364,11 +423,16 @@ class Mask2DiT(nnx.Module):
             rope_cond, rope_new = (cos[cond_idx], sin[cond_idx]), (cos[new_idx], sin[new_idx])
         else:
             table = self._sincos(window)
-            sincos_cond, sincos_new = table[: k * lv], table[k * lv :]
+            sincos_cond, sincos_new = table[:lc], table[lc:]
         return window, cond, new, (rope_cond, sincos_cond), (rope_new, sincos_new)
 
     def condition_cache(
-        self, cond_latents: jax.Array, cond_text: jax.Array, *, num_scenes: int
+        self,
+        cond_latents: jax.Array,
+        cond_text: jax.Array,
+        *,
+        num_scenes: int,
+        scene_frames: Sequence[int] | None = None,
     ) -> dict[str, jax.Array]:
         """Per-layer keys/values of the condition scenes' video, for ``cached_call``.
 
@@ -382,6 +446,8 @@ class Mask2DiT(nnx.Module):
           cond_text: (B, K*T, text_dim) their captions (the negative captions for CFG's
             unconditional branch: the cache is per branch).
           num_scenes: the window S = K + 1.
+          scene_frames: the window's S per-scene latent frames when scenes differ in length
+            (the last entry, the new scene's, does not change the conditions' cache).
         Returns:
           {"k", "v"}: (num_layers, B, K * video tokens per scene, heads, head_dim), compute
           dtype. Memory: 2 x layers x K x video tokens x width values.
@@ -393,17 +459,29 @@ class Mask2DiT(nnx.Module):
                 f"cond_latents must be (B, K*F, H, W, C) and cond_text (B, K*T, D), got "
                 f"{cond_latents.shape}, {cond_text.shape}"
             )
-        if not isinstance(k, int) or k < 1 or cond_text.shape[1] % k or cond_latents.shape[1] % k:
+        divides = scene_frames is not None or cond_latents.shape[1] % max(k, 1) == 0
+        if not isinstance(k, int) or k < 1 or cond_text.shape[1] % k or not divides:
             raise ValueError(
                 f"num_scenes={num_scenes!r}: condition text {cond_text.shape} / latents "
                 f"{cond_latents.shape} do not split into num_scenes - 1 conditions"
             )
+        cond_frames = None
+        if scene_frames is not None:
+            cond_frames = tuple(int(f) for f in scene_frames)[:-1]
+            if len(set(cond_frames)) == 1:
+                cond_frames = None
         layout = self._check_inputs(
-            cond_latents, cond_text, jnp.zeros((cond_latents.shape[0],), jnp.int32), k
-        )
-        new_shape = (cond_latents.shape[0], cond_latents.shape[1] // k, *cond_latents.shape[2:])
+            cond_latents, cond_text, jnp.zeros((cond_latents.shape[0],), jnp.int32), k,
+            scene_frames=cond_frames,
+        )  # fmt: skip
+        new_frames = layout.scene_frames[-1] if scene_frames is None else int(scene_frames[-1])
+        new_shape = (cond_latents.shape[0], new_frames, *cond_latents.shape[2:])
         _, cond_layout, _, (rope, sincos), _ = self._window_parts(
-            cond_latents.shape, new_shape, layout.text_len, num_scenes
+            cond_latents.shape,
+            new_shape,
+            layout.text_len,
+            num_scenes,
+            layout.scene_frames + (new_frames,) if scene_frames is not None else None,
         )
         temb = self.time_embedding(jnp.zeros((cond_latents.shape[0], k), jnp.int32))
         x = self._embed(cond_latents, cond_text, cond_layout, sincos)
@@ -436,6 +514,7 @@ class Mask2DiT(nnx.Module):
         cache: dict[str, jax.Array],
         *,
         num_scenes: int,
+        scene_frames: Sequence[int] | None = None,
     ) -> jax.Array:
         """The new (last) scene's prediction, its tokens only, conditions from ``cache``.
 
@@ -449,6 +528,8 @@ class Mask2DiT(nnx.Module):
           timesteps: (B,) or (B, 1) the new scene's timestep.
           cache: ``condition_cache`` output for the same batch (and CFG branch order).
           num_scenes: the window S (conditions + 1).
+          scene_frames: the window's S per-scene latent frames when scenes differ in length
+            (the last is the new scene's F); None = equal scenes.
         Returns:
           (B, F, H, W, out_channels) float32.
         """
@@ -461,14 +542,14 @@ class Mask2DiT(nnx.Module):
         layout = self._check_inputs(latents, text_embeds, t, 1)
         if not isinstance(cache, dict) or set(cache) != {"k", "v"}:
             raise ValueError("cache must be the {'k', 'v'} dict condition_cache returns")
-        _, _, new_layout, _, (rope, sincos) = self._window_parts(
-            None, latents.shape, layout.text_len, num_scenes
+        _, cond_layout, new_layout, _, (rope, sincos) = self._window_parts(
+            None, latents.shape, layout.text_len, num_scenes, scene_frames
         )
         k_cache, v_cache = cache["k"], cache["v"]
         expected = (
             cfg.num_layers,
             latents.shape[0],
-            (num_scenes - 1) * new_layout.video_len,
+            cond_layout.video_total,
             cfg.num_heads,
             cfg.head_dim,
         )

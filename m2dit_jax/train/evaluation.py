@@ -19,7 +19,7 @@ import ml_collections
 from m2dit_jax.rng import stream
 from m2dit_jax.train import distributed
 from m2dit_jax.train.program import make_loss
-from m2dit_jax.train.step import batch_shardings
+from m2dit_jax.train.step import SCENE_FRAMES_KEY, batch_shardings
 
 
 def eval_data_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -53,18 +53,25 @@ class Evaluator:
             batch_size=distributed.local_batch_size(batch_size),
         )
         self.host_batches = [to_host(next(dataset)) for _ in range(self.num_batches)]
+        # per-batch static layouts (scenes of their own lengths), None = equal scenes
+        self.scene_frames = [b.pop(SCENE_FRAMES_KEY, None) for b in self.host_batches]
         close = getattr(dataset, "close", None)
         if callable(close):
             close()
         loss = make_loss(config, held_out=True)
         root = stream(int(e.seed), "eval")
 
-        def eval_loss(params, batch, i):
-            value, _ = loss(parts.bind(params), batch, jax.random.fold_in(root, i))
+        def eval_loss(params, batch, i, scene_frames=None):
+            kwargs = {} if scene_frames is None else {"scene_frames": scene_frames}
+            value, _ = loss(parts.bind(params), batch, jax.random.fold_in(root, i), **kwargs)
             return value
 
         self.shardings = batch_shardings(mesh, self.host_batches[0]) if self.host_batches else {}
-        self.fn = jax.jit(eval_loss, in_shardings=(param_shardings, self.shardings, None))
+        self.fn = jax.jit(
+            eval_loss,
+            in_shardings=(param_shardings, self.shardings, None),
+            static_argnames="scene_frames",
+        )
 
     def __call__(self, state: dict[str, Any]) -> dict[str, float]:
         """{"loss", "loss_ema"}: means over the held-out batches."""
@@ -72,6 +79,7 @@ class Evaluator:
         with jax.set_mesh(self.mesh):
             for i, host in enumerate(self.host_batches):
                 batch = distributed.to_global(host, self.shardings)
-                totals["loss"] += float(self.fn(state["params"], batch, jnp.int32(i)))
-                totals["loss_ema"] += float(self.fn(state["ema"], batch, jnp.int32(i)))
+                frames = self.scene_frames[i]
+                for name, params in (("loss", state["params"]), ("loss_ema", state["ema"])):
+                    totals[name] += float(self.fn(params, batch, jnp.int32(i), frames))
         return {k: v / max(self.num_batches, 1) for k, v in totals.items()}

@@ -118,13 +118,24 @@ class TrainProgram:
     lora: lora_lib.LoraSpec | None = None
     model_params: Any = None  # the full model's abstract params (the weights init_from fills)
 
-    def step_for(self, batch_sharding: Any, *, donate: bool = True):
-        """The jitted ``step(state, batch) -> (state, metrics)`` for batches sharded so."""
+    def step_for(
+        self,
+        batch_sharding: Any,
+        *,
+        donate: bool = True,
+        scene_frames: tuple[int, ...] | None = None,
+    ):
+        """The jitted ``step(state, batch) -> (state, metrics)`` for batches sharded so;
+        ``scene_frames``: the batches' per-scene latent frames (scenes of their own lengths;
+        one compiled step per distinct tuple), None = equal scenes."""
+        loss = self.loss
+        if scene_frames is not None:
+            loss = functools.partial(loss, scene_frames=tuple(scene_frames))
         return make_train_step(
             self.parts,
             self.tx,
             self.lr_schedule,
-            self.loss,
+            loss,
             state_shardings=self.state_shardings,
             batch_sharding=batch_sharding,
             grad_accum_steps=int(self.config.optim.grad_accum_steps),

@@ -28,6 +28,32 @@ from m2dit_jax.train.state import ModelParts
 
 # Batch entries the loss reads; everything else (captions, ids, attributes) stays on the host.
 DEVICE_KEYS = ("latents", "text_embeds", "cond")
+# Host batches may carry per-scene frame counts (B, S) under this key (scenes of their own
+# lengths); the step for that layout is compiled with them static (``batch_scene_frames``).
+SCENE_FRAMES_KEY = "scene_frames"
+
+
+def batch_scene_frames(batch: dict[str, Any]) -> tuple[int, ...] | None:
+    """The batch's per-scene latent frame counts as a static tuple, or None for equal scenes.
+
+    Every row must share them (the data pipeline buckets samples of equal layout); a batch
+    mixing layouts raises ValueError naming the fix.
+    """
+    if SCENE_FRAMES_KEY not in batch:
+        return None
+    import numpy as np
+
+    rows = np.asarray(batch[SCENE_FRAMES_KEY])
+    if rows.ndim != 2 or rows.shape[0] == 0:
+        raise ValueError(f"batch {SCENE_FRAMES_KEY!r} must be (B, S) ints, got shape {rows.shape}")
+    if not (rows == rows[:1]).all():
+        raise ValueError(
+            f"batch rows have different per-scene frame counts {np.unique(rows, axis=0).tolist()}; "
+            "one step compiles one layout: group samples of equal layout into a batch "
+            "(data bucketing, data.ragged)"
+        )
+    counts = tuple(int(f) for f in rows[0])
+    return None if len(set(counts)) == 1 else counts
 
 LossFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
 

@@ -39,7 +39,12 @@ from m2dit_jax.train.preemption import PreemptionGuard
 from m2dit_jax.train.profiler import StepProfiler
 from m2dit_jax.train.program import build_train_program
 from m2dit_jax.train.state import count_params, split_model
-from m2dit_jax.train.step import DEVICE_KEYS, batch_shardings
+from m2dit_jax.train.step import (
+    DEVICE_KEYS,
+    SCENE_FRAMES_KEY,
+    batch_scene_frames,
+    batch_shardings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +90,11 @@ def _device_batch(batch: dict[str, Any]) -> dict[str, np.ndarray]:
             f"data batches lack {missing} (have {sorted(batch)}): set data.video_encoder / "
             "data.text_encoder or use a latents source"
         )
-    return {k: np.asarray(batch[k]) for k in DEVICE_KEYS if k in batch}
+    out: dict[str, Any] = {k: np.asarray(batch[k]) for k in DEVICE_KEYS if k in batch}
+    frames = batch_scene_frames(batch)
+    if frames is not None:  # host-only: the static layout of this batch's step
+        out[SCENE_FRAMES_KEY] = frames
+    return out
 
 
 def _flops_per_sample(config: ml_collections.ConfigDict, layout) -> float:
@@ -208,10 +217,23 @@ def _train(config, workdir: str, dataset_factory: DatasetFactory) -> dict[str, A
     profiler = StepProfiler(workdir, t_cfg.profile_start_step, t_cfg.profile_num_steps)
 
     def to_device(host_batch):
-        return distributed.to_global(host_batch, batch_shardings(mesh, host_batch))
+        frames = host_batch.pop(SCENE_FRAMES_KEY, None)
+        if jax.process_count() > 1 and bool(config.data.get("ragged", False)):
+            from jax.experimental import multihost_utils
+
+            multihost_utils.assert_equal(
+                np.asarray(frames if frames is not None else (-1,), np.int32),
+                "processes read batches of different scene layouts in one step; the data "
+                "pipeline must draw each global batch's layout from the shared seed",
+            )
+        placed = distributed.to_global(host_batch, batch_shardings(mesh, host_batch))
+        placed[SCENE_FRAMES_KEY] = frames
+        return placed
 
     prefetch = BatchPrefetcher(dataset, _device_batch, to_device)
-    step_fn = None  # compiled on the first batch (shardings depend on its keys/ranks)
+    # One jitted step per scene layout (None = equal scenes), compiled on its first batch
+    # (shardings depend on the batch's keys/ranks).
+    step_fns: dict[Any, Any] = {}
     losses: list[float] = []
     eval_metrics: dict[str, float] = {}
     window, in_flight = MetricsWindow(), InFlight(max_in_flight=2)
@@ -261,6 +283,8 @@ def _train(config, workdir: str, dataset_factory: DatasetFactory) -> dict[str, A
             summary["compile_s"] = compile_s
         skips = getattr(dataset, "skip_counts", lambda: {})()
         summary.update({f"data_skipped/{k}": v for k, v in skips.items()})
+        if bool(config.data.get("ragged", False)):  # each distinct layout compiled its step
+            summary["scene_layouts_compiled"] = len(step_fns)
         writer.write(step, summary)
         losses.extend(float(r["loss"]) for r in rows)
         bar.update(0, loss=float(rows[-1]["loss"]))
@@ -277,8 +301,15 @@ def _train(config, workdir: str, dataset_factory: DatasetFactory) -> dict[str, A
             if step < stop_at:
                 batch, snapshot, data_time = prefetch.next()
             while step < stop_at:
+                frames = batch.pop(SCENE_FRAMES_KEY, None)
+                step_fn = step_fns.get(frames)
                 if step_fn is None:
-                    step_fn = program.step_for({k: v.sharding for k, v in batch.items()})
+                    step_fn = step_fns[frames] = program.step_for(
+                        {k: v.sharding for k, v in batch.items()}, scene_frames=frames
+                    )
+                    if frames is not None:
+                        log.info("compiling the step for scene layout %s (%d layouts so far)",
+                                 frames, len(step_fns))  # fmt: skip
                 profiler.before_step(step)
                 first = step == start_step
                 t0 = time.perf_counter()
