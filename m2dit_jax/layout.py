@@ -111,7 +111,9 @@ class SceneLayout:
             values = tuple(int(f) for f in values)
             frames = values[0] if len(set(values)) == 1 else values
         elif isinstance(frames, bool) or not isinstance(frames, (int, np.integer)) or frames <= 0:
-            raise ValueError(f"SceneLayout.frames must be a positive int or a tuple, got {frames!r}")
+            raise ValueError(
+                f"SceneLayout.frames must be a positive int or a tuple, got {frames!r}"
+            )
         else:
             frames = int(frames)
         object.__setattr__(self, "frames", frames)
@@ -328,7 +330,8 @@ class SceneLayout:
         for f in per_scene:
             if isinstance(f, bool) or not isinstance(f, (int, np.integer)) or f <= 0 or f % patch_t:
                 raise ValueError(
-                    f"latent_frames={latent_frames} must be positive multiples of the patch {patch_t}"
+                    f"latent_frames={latent_frames} must be positive multiples of the patch "
+                    f"{patch_t}"
                 )
         for name, size, p in (
             ("latent_h", latent_h, patch_size),

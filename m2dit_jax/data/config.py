@@ -70,6 +70,12 @@ def default_data_config() -> ml_collections.ConfigDict:
         allowed count until the total fits. Video tokens = latent frames x tokens per frame
         (fixed by height/width and the patch sizes), so a frame budget is a token budget.
         Must be >= num_scenes * min_frames.
+      frame_choices: with ragged=True, the only per-scene counts allowed (e.g. (2, 4, 6);
+        empty = every count of the rule in [min_frames, max_frames]). Each distinct layout
+        compiles its own train step, so a coarse set bounds them: at most
+        len(frame_choices) ** num_scenes layouts (synthetic defaults: 5**3 = 125 without).
+        Counts round down to the nearest choice; each must obey ``frame_rule`` and lie in
+        [min_frames, max_frames], and min_frames must be one of them.
 
     Batch key ``scene_frames`` (B, S) int32, always present: frames of each scene on the frame
     axis of the batch's array (pixel frames of ``video``; latent frames once the video encoder
@@ -114,6 +120,7 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.frame_rule = "multiple"  # "multiple" (of patch_t with space_to_depth) | "4k+1"
     c.fps = 0.0
     c.token_budget = 0
+    c.frame_choices = ()
     return c
 
 
@@ -190,8 +197,16 @@ def _validate_ragged(c, need) -> None:
         need(int(c.patch_t) > 0, "patch_t", "must be a positive int")
     rule = FrameRule.from_config(c)
     what = "of the form 4k+1" if rule.rule == "4k+1" else f"a multiple of {rule.multiple} (patch_t)"
+    plain = FrameRule(rule.rule, rule.multiple, rule.min_frames, rule.max_frames)
     for field in ("min_frames", "max_frames"):
-        need(rule.obeys(int(c[field])), field, f"must obey frame_rule={c.frame_rule!r}: {what}")
+        need(plain.obeys(int(c[field])), field, f"must obey frame_rule={c.frame_rule!r}: {what}")
+    choices = tuple(int(f) for f in (c.get("frame_choices", ()) or ()))
+    if choices:
+        bad = [
+            f for f in choices if not plain.obeys(f) or not rule.min_frames <= f <= rule.max_frames
+        ]
+        need(not bad, "frame_choices", f"{bad} do not obey frame_rule / [min_frames, max_frames]")
+        need(rule.min_frames in choices, "frame_choices", "must include min_frames")
     budget = int(c.token_budget)
     need(
         budget == 0 or budget >= int(c.num_scenes) * int(c.min_frames),

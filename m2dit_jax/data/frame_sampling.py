@@ -107,6 +107,9 @@ class FrameRule:
     multiple: ``patch_t`` for the space_to_depth encoder, else 1 (ignored by "4k+1").
     min_frames, max_frames: the allowed range (both obey the rule; checked by the config).
     token_budget: the most pixel frames a sample's scenes may have together (0 = no limit).
+    choices: when non-empty, the only counts allowed (each obeying the rule, inside the
+      range): a coarse set bounds the number of distinct layouts, i.e. compiled steps
+      (len(choices) ** S at most).
     """
 
     rule: str
@@ -114,6 +117,7 @@ class FrameRule:
     min_frames: int
     max_frames: int
     token_budget: int = 0
+    choices: tuple[int, ...] = ()
 
     @classmethod
     def from_config(cls, config: Any) -> FrameRule:
@@ -124,11 +128,14 @@ class FrameRule:
             min_frames=int(config.min_frames),
             max_frames=int(config.max_frames),
             token_budget=int(config.token_budget),
+            choices=tuple(sorted(int(f) for f in config.get("frame_choices", ()) or ())),
         )
 
     def obeys(self, frames: int) -> bool:
         if frames <= 0:
             return False
+        if self.choices and self.min_frames <= frames <= self.max_frames:
+            return frames in self.choices
         if self.rule == "4k+1":
             return (frames - 1) % 4 == 0
         return frames % self.multiple == 0
@@ -137,6 +144,8 @@ class FrameRule:
         """The largest count <= ``frames`` that obeys the rule (0 when there is none)."""
         if frames <= 0:
             return 0
+        if self.choices and frames >= self.choices[0]:
+            return max(c for c in self.choices if c <= frames)
         if self.rule == "4k+1":
             return (frames - 1) // 4 * 4 + 1
         return frames // self.multiple * self.multiple

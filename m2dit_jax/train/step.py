@@ -55,6 +55,7 @@ def batch_scene_frames(batch: dict[str, Any]) -> tuple[int, ...] | None:
     counts = tuple(int(f) for f in rows[0])
     return None if len(set(counts)) == 1 else counts
 
+
 LossFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]
 
 
