@@ -13,6 +13,12 @@ first K scenes are conditions) also restricts attention: condition queries see o
 keys (mask 1 among the conditions), generated queries see everything mask 1 allows. Condition
 tokens then never depend on the generated scene, so their keys/values can be computed once per
 extension and cached across sampler steps (``m2dit_jax.diffusion.generation.extend``).
+
+Scenes of their own lengths: ``frames=(F_1, .., F_S)``. Packed sequences: ``samples=(S_1, ..,
+S_P)`` splits the S scenes into P independent samples (scene order, S_1 + .. + S_P = S) in one
+row: the token order stays [all caption blocks | all video], tokens of different samples never
+attend to each other (mask 1 holds inside each sample) and temporal positions restart at every
+sample (``frame_positions``).
 """
 
 from __future__ import annotations
@@ -55,6 +61,8 @@ class SceneLayout:
         clean conditions of mask 2) attend only to condition tokens.
       num_conditions: K, the leading condition scenes of "causal_conditions" (1 <= K < S);
         must be 0 (the default) in every other mode, so existing layouts are unchanged.
+      samples: packed sequences: scenes per packed sample (S_1, .., S_P), summing to S; None
+        (the default, also what ``(S,)`` becomes) = one sample.
     """
 
     num_scenes: int
@@ -65,6 +73,7 @@ class SceneLayout:
     text_pad_to: int = 1
     mask_mode: str = "mask2dit"
     num_conditions: int = 0
+    samples: tuple[int, ...] | None = None
 
     def __post_init__(self):
         if self.mask_mode not in LAYOUT_MASK_MODES:
@@ -92,6 +101,30 @@ class SceneLayout:
                 f"num_conditions={k} is only meaningful with mask_mode='causal_conditions' "
                 f"(got mask_mode={self.mask_mode!r}); mask 2 alone does not change attention"
             )
+        self._normalise_samples()
+
+    def _normalise_samples(self) -> None:
+        samples = self.samples
+        if samples is None:
+            return
+        values = tuple(samples) if isinstance(samples, (list, tuple, np.ndarray)) else None
+        if values is None or any(
+            isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n <= 0 for n in values
+        ):
+            raise ValueError(
+                f"SceneLayout.samples must be a tuple of positive ints, got {samples!r}"
+            )
+        if sum(values) != self.num_scenes:
+            raise ValueError(
+                f"SceneLayout.samples {values} must add up to num_scenes={self.num_scenes}"
+            )
+        values = tuple(int(n) for n in values)
+        if len(values) > 1 and self.mask_mode == CAUSAL_CONDITIONS:
+            raise ValueError(
+                "mask_mode='causal_conditions' describes one sample's scene extension; it does "
+                "not apply to packed samples (samples=...)"
+            )
+        object.__setattr__(self, "samples", None if len(values) == 1 else values)
 
     def _normalise_frames(self) -> None:
         frames = self.frames
@@ -117,6 +150,43 @@ class SceneLayout:
         else:
             frames = int(frames)
         object.__setattr__(self, "frames", frames)
+
+    # ------------------------------------------------------------------ packed samples
+    @property
+    def is_packed(self) -> bool:
+        """True when the row holds more than one sample (``samples`` is a tuple)."""
+        return self.samples is not None
+
+    @property
+    def sample_sizes(self) -> tuple[int, ...]:
+        """Scenes of each packed sample, (P,) ints ((S,) for one sample)."""
+        return self.samples if self.is_packed else (self.num_scenes,)
+
+    @property
+    def sample_starts(self) -> tuple[int, ...]:
+        """First scene of each packed sample, (P,) ints."""
+        return tuple(int(x) for x in np.cumsum((0,) + self.sample_sizes[:-1]))
+
+    def scene_sample(self) -> np.ndarray:
+        """(S,) int32 packed sample of every scene."""
+        return np.repeat(np.arange(len(self.sample_sizes)), self.sample_sizes).astype(np.int32)
+
+    def sample_layout(self, j: int) -> SceneLayout:
+        """The j-th packed sample's own (unpacked) layout."""
+        start, n = self.sample_starts[j], self.sample_sizes[j]
+        frames = self.scene_frames[start : start + n]
+        return SceneLayout(
+            n, self.text_len, frames, self.grid_h, self.grid_w, self.text_pad_to, self.mask_mode
+        )
+
+    def frame_positions(self) -> np.ndarray:
+        """(total_frames,) int32 temporal position of every latent frame: its index inside its
+        own packed sample (the global frame index when the row holds one sample)."""
+        frames = np.asarray(self.scene_frames)
+        out = []
+        for start, n in zip(self.sample_starts, self.sample_sizes):
+            out.append(np.arange(int(frames[start : start + n].sum())))
+        return np.concatenate(out).astype(np.int32)
 
     # ------------------------------------------------------------------ sizes
     @property
@@ -255,6 +325,14 @@ class SceneLayout:
         text_scene = idx // self.text_block
         return video * video_scene + (1 - video) * text_scene
 
+    def token_sample(self, idx: Any) -> Any:
+        """Packed sample of each token (0 everywhere for one sample)."""
+        scene = self.token_scene(idx)
+        sample = 0
+        for start in self.sample_starts[1:]:
+            sample = sample + (scene >= start) * 1
+        return sample
+
     def token_is_padding(self, idx: Any) -> Any:
         return (~self.token_is_video(idx)) & ((idx % self.text_block) >= self.text_len)
 
@@ -280,6 +358,8 @@ class SceneLayout:
                 rule = rule & (
                     (self.token_scene(q_idx) >= k_cond) | (self.token_scene(k_idx) < k_cond)
                 )
+        if self.is_packed:
+            rule = rule & (self.token_sample(q_idx) == self.token_sample(k_idx))
         return rule & ~k_pad & ~(q_pad & k_video)
 
     def dense_mask(self) -> np.ndarray:
@@ -300,13 +380,18 @@ class SceneLayout:
         """Fraction of (query, key) pairs that mask 1 blocks, computed without an L x L array."""
         if self.mask_mode != "mask2dit":
             raise ValueError("blocked_fraction() is defined for mask_mode='mask2dit' only")
-        t, real_t, total = self.text_block, self.text_len, self.video_total
+        t, real_t = self.text_block, self.text_len
+        lens = self.video_lens
+        # video keys a video query sees: all video of its own sample
+        sample_video = [
+            sum(lens[start : start + n]) for start, n in zip(self.sample_starts, self.sample_sizes)
+        ]
         # Allowed pairs counted per query kind; padding keys are never allowed.
         text_rows = video_rows = 0
-        for v in self.video_lens:
+        for scene, v in enumerate(lens):
             text_rows += t * (real_t + v)  # own real text + own video (pad rows: own text only)
             text_rows -= self.text_padding * v
-            video_rows += v * (real_t + total)
+            video_rows += v * (real_t + sample_video[self.scene_sample()[scene]])
         return 1.0 - (text_rows + video_rows) / float(self.seq_len) ** 2
 
     @classmethod

@@ -135,3 +135,74 @@ def test_ablation_mask_modes():
     assert not (full[pad][:, video]).any()
     with pytest.raises(ValueError, match="mask_mode"):
         SceneLayout(**base, mask_mode="causal")
+
+
+ragged_packed = st.builds(
+    lambda frames, split, text_len, gh, gw, pad, mode: SceneLayout(
+        len(frames), text_len, tuple(frames), gh, gw, pad, mode,
+        samples=tuple(split(len(frames))),
+    ),
+    frames=st.lists(st.integers(1, 3), min_size=1, max_size=5),
+    split=st.sampled_from([lambda n: (n,), lambda n: (1,) * n, lambda n: (n // 2, n - n // 2) if n > 1 else (n,)]),
+    text_len=st.sampled_from([1, 3, 7]),
+    gh=st.integers(1, 3),
+    gw=st.integers(1, 3),
+    pad=st.sampled_from([1, 4]),
+    mode=st.sampled_from(["mask2dit", "full", "independent"]),
+)  # fmt: skip
+
+
+def _local_index(layout, idx):
+    """(sample, token index inside that sample's own layout) of every packed token."""
+    out = []
+    scenes, video = layout.scene_ids(), layout.is_video()
+    for i in range(layout.seq_len):
+        j = int(np.searchsorted(layout.sample_starts, scenes[i], side="right") - 1)
+        own = layout.sample_layout(j)
+        local_scene = scenes[i] - layout.sample_starts[j]
+        if video[i]:
+            offset = i - layout.video_slice(scenes[i]).start
+            out.append((j, own.video_slice(local_scene).start + offset))
+        else:
+            offset = i - layout.text_block_slice(scenes[i]).start
+            out.append((j, own.text_block_slice(local_scene).start + offset))
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(ragged_packed)
+def test_ragged_and_packed_masks_are_each_samples_own_mask(layout):
+    mask = layout.dense_mask()
+    local = _local_index(layout, None)
+    own = [layout.sample_layout(j).dense_mask() for j in range(len(layout.sample_sizes))]
+    want = np.array(
+        [[qj == kj and own[qj][qi, ki] for kj, ki in local] for qj, qi in local], dtype=bool
+    )
+    np.testing.assert_array_equal(mask, want)
+    if layout.mask_mode == "mask2dit":
+        assert abs(layout.blocked_fraction() - (1.0 - mask.mean())) < 1e-9
+    # positions restart at every sample and run on across its scenes
+    pos = layout.frame_positions()
+    assert pos.shape == (layout.total_frames,)
+    starts = np.cumsum((0,) + layout.scene_frames)[list(layout.sample_starts)]
+    assert (pos[starts] == 0).all() and (np.diff(pos)[np.diff(pos) != 1] <= 0).all()
+    assert (
+        layout.video_total
+        == sum(layout.video_lens)
+        == layout.total_frames * layout.tokens_per_frame
+    )
+
+
+def test_ragged_and_packed_layout_errors():
+    with pytest.raises(ValueError, match="2 per-scene counts"):
+        SceneLayout(3, 4, (2, 1), 2, 2)
+    with pytest.raises(ValueError, match="positive ints"):
+        SceneLayout(2, 4, (2, 0), 2, 2)
+    with pytest.raises(ValueError, match="no single video_len"):
+        SceneLayout(2, 4, (2, 1), 2, 2).video_len  # noqa: B018
+    with pytest.raises(ValueError, match="add up to num_scenes"):
+        SceneLayout(3, 4, 2, 2, 2, samples=(1, 1))
+    with pytest.raises(ValueError, match="packed samples"):
+        SceneLayout(3, 4, 2, 2, 2, mask_mode="causal_conditions", num_conditions=1, samples=(2, 1))
+    assert SceneLayout(2, 4, (3, 3), 2, 2) == SceneLayout(2, 4, 3, 2, 2)
+    assert SceneLayout(2, 4, 3, 2, 2, samples=(2,)).samples is None

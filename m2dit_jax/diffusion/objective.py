@@ -152,6 +152,7 @@ def diffusion_loss(
     num_scenes: int,
     cond_mask_mode: str = "mask2dit",
     scene_frames: tuple[int, ...] | None = None,
+    samples: tuple[int, ...] | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Deterministic core of ``loss_fn`` (all randomness passed in).
 
@@ -168,15 +169,26 @@ def diffusion_loss(
         joint or all rows the last-scene extension mask; checked when concrete).
       scene_frames: per-scene latent frames (static) for scenes of different lengths;
         latents are then (B, F_1+..+F_S, H, W, C). None = S equal scenes.
+      samples: packed rows (static): scenes per packed sample, summing to S (then
+        ``scene_frames`` gives all S scenes' frames, and ``timesteps`` is (B, P): one t per
+        packed sample); the loss is the mean over the B*P samples of each one's MSE per token
+        of its generated scenes, ``loss_per_scene`` is indexed by the scene's position in its
+        sample.
 
     Returns:
       (loss, metrics): loss is the batch mean of each sample's MSE over its generated scenes;
       metrics has ``loss``, ``loss_per_scene`` (S,) (mean over samples generating that scene,
       0 where none does), ``num_cond`` (conditional samples) and ``t_mean``.
     """
+    if samples is not None:
+        return _framewise_loss(
+            model, latents, text_embeds, noise, timesteps, generate_mask,
+            schedule=schedule, num_scenes=num_scenes, cond_mask_mode=cond_mask_mode,
+            scene_frames=scene_frames, samples=samples,
+        )  # fmt: skip
     scene_frames = check_scene_frames(scene_frames, num_scenes, latents.shape[1])
     if scene_frames is not None:
-        return _ragged_loss(
+        return _framewise_loss(
             model, latents, text_embeds, noise, timesteps, generate_mask,
             schedule=schedule, num_scenes=num_scenes, cond_mask_mode=cond_mask_mode,
             scene_frames=scene_frames,
@@ -248,29 +260,40 @@ def _model_call(model, cond_mask_mode, gen, x_in, text_embeds, scene_t, num_scen
     return model(x_in, text_embeds, scene_t, num_scenes=num_scenes, **kwargs)
 
 
-def _ragged_loss(
+def _framewise_loss(
     model, latents, text_embeds, noise, timesteps, generate_mask, *,
-    schedule, num_scenes, cond_mask_mode, scene_frames,
+    schedule, num_scenes, cond_mask_mode, scene_frames, samples=None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:  # fmt: skip
-    """``diffusion_loss`` for scenes of different lengths: per-frame t and mask 2."""
+    """``diffusion_loss`` with per-frame t and mask 2: scenes of different lengths
+    (``scene_frames``, all S scenes) and packed samples (``samples``: scenes per sample;
+    ``timesteps`` then (B, P), one t per sample, and the loss is per sample)."""
     x0 = jnp.asarray(latents, jnp.float32)
     eps = jnp.asarray(noise, jnp.float32)
     b = x0.shape[0]
+    sizes = tuple(samples) if samples is not None else (num_scenes,)
     gen = jnp.asarray(generate_mask, bool)
     if gen.shape != (b, num_scenes):
         raise ValueError(f"generate mask must be (B, S)=({b}, {num_scenes}), got {gen.shape}")
     t = jnp.asarray(timesteps, jnp.int32)
-    if t.shape != (b,):
-        raise ValueError(f"timesteps must be (B,)=({b},), got {t.shape}")
-    noisy = schedule.add_noise(x0, eps, t)
+    if t.shape not in ((b,), (b, len(sizes))) or (samples is not None and t.ndim != 2):
+        want = f"(B, P)=({b}, {len(sizes)})" if samples is not None else f"(B,)=({b},)"
+        raise ValueError(f"timesteps must be {want}, got {t.shape}")
+    scene_sample = np.repeat(np.arange(len(sizes)), sizes)  # (S,)
+    t_scene = t[:, scene_sample] if t.ndim == 2 else jnp.broadcast_to(t[:, None], gen.shape)
+    t_frame = frame_scenes(t_scene, scene_frames)  # (B, F_total)
+    noisy = schedule.add_noise(x0, eps, t_frame)
     gen_f = frame_scenes(gen, scene_frames)  # (B, F_total)
     model_in = jnp.where(gen_f[:, :, None, None, None], noisy, x0)
-    target = schedule.velocity(x0, eps, t)
-    scene_t = t[:, None] * gen.astype(jnp.int32)
+    target = schedule.velocity(x0, eps, t_frame)
+    scene_t = t_scene * gen.astype(jnp.int32)
+    kwargs = {}
+    if len(set(scene_frames)) > 1:
+        kwargs["scene_frames"] = tuple(scene_frames)
+    if samples is not None:
+        kwargs["samples"] = tuple(samples)
     pred = _model_call(
-        model, cond_mask_mode, gen, model_in, text_embeds, scene_t, num_scenes,
-        scene_frames=scene_frames,
-    )  # fmt: skip
+        model, cond_mask_mode, gen, model_in, text_embeds, scene_t, num_scenes, **kwargs
+    )
     if pred.shape != latents.shape:
         raise ValueError(
             f"model output shape {pred.shape} != latents shape {latents.shape}: "
@@ -278,8 +301,61 @@ def _ragged_loss(
         )
     err_f = jnp.mean(jnp.square(pred.astype(jnp.float32) - target), axis=(2, 3, 4))  # (B, F)
     w_f = gen_f.astype(jnp.float32)
-    per_sample = jnp.sum(err_f * w_f, axis=1) / jnp.maximum(jnp.sum(w_f, axis=1), 1.0)
-    return _loss_and_metrics(per_sample, scene_means(err_f, scene_frames), gen, t)
+    frame_sample = np.repeat(scene_sample, scene_frames)  # (F,)
+    per = lambda x: jax.ops.segment_sum(x.T, frame_sample, num_segments=len(sizes)).T
+    per_sample = per(err_f * w_f) / jnp.maximum(per(w_f), 1.0)  # (B, P)
+    err = scene_means(err_f, scene_frames)  # (B, S)
+    if samples is None:
+        return _loss_and_metrics(per_sample[:, 0], err, gen, t)
+    # packed: metrics per sample (scene position inside its sample), B*P samples
+    position = np.concatenate([np.arange(n) for n in sizes])
+    width = max(sizes)
+    onehot = jnp.asarray(np.eye(width, dtype=np.float32)[position])  # (S, width)
+    w = gen.astype(jnp.float32)
+    per_scene = ((err * w) @ onehot).sum(0) / jnp.maximum((w @ onehot).sum(0), 1.0)
+    generated_all = jnp.stack(
+        [jnp.all(gen[:, a : a + n], axis=1) for a, n in zip(np.cumsum((0,) + sizes[:-1]), sizes)],
+        axis=1,
+    )
+    metrics = {
+        "loss": jnp.mean(per_sample),
+        "loss_per_scene": per_scene,
+        "num_cond": jnp.sum(~generated_all).astype(jnp.int32),
+        "t_mean": jnp.mean(t.astype(jnp.float32)),
+    }
+    return metrics["loss"], metrics
+
+
+def sample_packed_generate_mask(
+    rng: jax.Array, batch_size: int, samples: tuple[int, ...], *, p_cond: float
+) -> jax.Array:
+    """(B, S) bool mask 2 for packed rows: each packed sample (of more than one scene) is
+    conditional with probability ``p_cond`` and then generates only its last scene."""
+    sizes = tuple(samples)
+    is_cond = jax.random.uniform(rng, (batch_size, len(sizes))) < p_cond
+    is_cond = is_cond & jnp.asarray([n > 1 for n in sizes])[None]
+    scene_sample = np.repeat(np.arange(len(sizes)), sizes)
+    last = np.concatenate([np.arange(n) == n - 1 for n in sizes])
+    return jnp.where(is_cond[:, scene_sample], jnp.asarray(last)[None], True)
+
+
+def _packed_options(samples, num_scenes, target_scene, cond_mask_mode, scene_frames, frames):
+    """Checks a packed batch's options; returns (S of the row, scene_frames tuple)."""
+    sizes = tuple(int(n) for n in samples)
+    if target_scene != "last" or cond_mask_mode != "mask2dit":
+        raise ValueError(
+            "packed samples support target_scene='last' and cond_mask_mode='mask2dit' (the "
+            f"conditions' mask is per extension window), got {target_scene!r}, {cond_mask_mode!r}"
+        )
+    n = sum(sizes)
+    if scene_frames is None:
+        if frames % n:
+            raise ValueError(f"{frames} latent frames do not split into {n} packed scenes")
+        scene_frames = (frames // n,) * n
+    counts = tuple(int(f) for f in scene_frames)
+    if len(counts) != n or sum(counts) != frames:
+        raise ValueError(f"scene_frames {counts} must give {n} scenes summing to {frames} frames")
+    return n, counts
 
 
 def _generate_mask(
@@ -320,18 +396,32 @@ def eval_loss_fn(
     target_scene: str = "last",
     cond_mask_mode: str = "mask2dit",
     scene_frames: tuple[int, ...] | None = None,
+    samples: tuple[int, ...] | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Deterministic held-out loss: fixed, evenly spaced timesteps and noise from ``key``.
 
     Sample i of a batch of B gets t = floor((i + 0.5) * T / B), so every batch covers the
     whole schedule; noise and mask 2 come from ``key`` alone (no caption dropout). With the
-    same key and data two runs score their weights on identical inputs.
+    same key and data two runs score their weights on identical inputs. Packed rows
+    (``samples``): the B*P samples get the evenly spaced timesteps.
     """
     latents = jnp.asarray(batch["latents"]).astype(jnp.float32)
     b = latents.shape[0]
     n_t = schedule.num_train_timesteps
-    t = jnp.floor((jnp.arange(b) + 0.5) * n_t / b).astype(jnp.int32)
     noise = jax.random.normal(stream(key, "noise"), latents.shape, jnp.float32)
+    if samples is not None:
+        n, frames = _packed_options(
+            samples, num_scenes, target_scene, cond_mask_mode, scene_frames, latents.shape[1]
+        )
+        p = len(samples)
+        t = jnp.floor((jnp.arange(b * p) + 0.5) * n_t / (b * p)).astype(jnp.int32)
+        gen = sample_packed_generate_mask(stream(key, "mask2"), b, samples, p_cond=p_cond)
+        return diffusion_loss(
+            model, latents, jnp.asarray(batch["text_embeds"]).astype(jnp.float32), noise,
+            t.reshape(b, p), gen, schedule=schedule, num_scenes=n, scene_frames=frames,
+            samples=tuple(samples),
+        )  # fmt: skip
+    t = jnp.floor((jnp.arange(b) + 0.5) * n_t / b).astype(jnp.int32)
     check_cond_mask_mode(cond_mask_mode, target_scene)
     gen = _generate_mask(
         batch, stream(key, "mask2"), b, num_scenes, p_cond, target_scene, cond_mask_mode
@@ -362,6 +452,7 @@ def loss_fn(
     caption_dropout: float = 0.0,
     cond_mask_mode: str = "mask2dit",
     scene_frames: tuple[int, ...] | None = None,
+    samples: tuple[int, ...] | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Mask²DiT v-prediction loss of one batch; jit- and ``nnx.value_and_grad``-friendly.
 
@@ -383,6 +474,9 @@ def loss_fn(
         needs ``target_scene="last"``).
       scene_frames: per-scene latent frame counts of the batch (static) when scenes differ
         in length; None = equal scenes (see ``diffusion_loss``).
+      samples: packed rows (static): scenes per packed sample; the row's scene count is
+        their sum (``num_scenes`` is then the size of one unpacked sample and unused), each
+        packed sample draws its own t, mask 2 and caption dropout (see ``diffusion_loss``).
 
     Returns:
       (loss scalar, metrics) — see ``diffusion_loss``.
@@ -395,6 +489,22 @@ def loss_fn(
     # Diffusion maths in f32 whatever the storage dtype (fp16/bf16 latent shards).
     latents = jnp.asarray(batch["latents"]).astype(jnp.float32)
     b = latents.shape[0]
+    if samples is not None:
+        n, frames = _packed_options(
+            samples, num_scenes, target_scene, cond_mask_mode, scene_frames, latents.shape[1]
+        )
+        shape = (b, len(samples))
+        t = jax.random.randint(
+            stream(rng, "timesteps"), shape, 0, schedule.num_train_timesteps, dtype=jnp.int32
+        )
+        noise = jax.random.normal(stream(rng, "noise"), latents.shape, jnp.float32)
+        gen = sample_packed_generate_mask(stream(rng, "mask2"), b, samples, p_cond=p_cond)
+        text = jnp.asarray(batch["text_embeds"]).astype(jnp.float32)
+        text = _drop_captions(text, stream(rng, "caption_dropout"), n, caption_dropout)
+        return diffusion_loss(
+            model, latents, text, noise, t, gen, schedule=schedule, num_scenes=n,
+            scene_frames=frames, samples=tuple(samples),
+        )  # fmt: skip
     t = jax.random.randint(
         stream(rng, "timesteps"), (b,), 0, schedule.num_train_timesteps, dtype=jnp.int32
     )

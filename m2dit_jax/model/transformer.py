@@ -1,6 +1,6 @@
 """``Mask2DiT``: the CogVideoX transformer with mask 1 (attention) and mask 2 (per-scene t).
 
-Call ``model(latents, text_embeds, timesteps, *, num_scenes[, scene_frames])``:
+Call ``model(latents, text_embeds, timesteps, *, num_scenes[, scene_frames, samples])``:
   latents      (B, S*F, H, W, C)  channels-last, the S scenes' latent frames concatenated
                                   (scenes of their own lengths: (B, F_1+..+F_S, H, W, C) with
                                   ``scene_frames=(F_1, .., F_S)``),
@@ -147,12 +147,14 @@ class Mask2DiT(nnx.Module):
         text_len: int | None = None,
         causal_conditions: int = 0,
         scene_frames: Sequence[int] | None = None,
+        samples: Sequence[int] | None = None,
     ) -> SceneLayout:
         """SceneLayout of latents shaped (B, S*F, H, W, C) (or without B) for ``num_scenes``.
 
         ``text_len`` defaults to ``config.text_len`` (caption tokens per scene).
         ``scene_frames``: the S scenes' latent frame counts when they differ (ragged scenes;
         they must sum to the latent frame axis); None = S equal scenes.
+        ``samples``: packed sequences: scenes per packed sample (S_1, .., S_P) summing to S.
         ``causal_conditions=K > 0``: the first K scenes are mask-2 conditions under
         ``mask_mode="causal_conditions"`` (needs the model's ``mask_mode="mask2dit"``).
         """
@@ -207,14 +209,29 @@ class Mask2DiT(nnx.Module):
             text_pad_to=self.config.text_pad_to,
             mask_mode=CAUSAL_CONDITIONS if k else self.config.mask_mode,
             num_conditions=int(k),
+            samples=None if samples is None else tuple(int(n) for n in samples),
         )
 
     # ------------------------------------------------------------------ positions
     def _rope(self, layout: SceneLayout):
-        """(cos, sin) (L, Dh) for the whole sequence: identity rows for text tokens."""
+        """(cos, sin) (L, Dh) for the whole sequence: identity rows for text tokens; packed
+        samples each get the positions of their own frames (restarting at 0)."""
+        cfg = self.config
+        if layout.is_packed:
+            cos, sin = zip(*(self._video_rope(part) for part in self._parts(layout)))
+            cos, sin = np.concatenate(cos), np.concatenate(sin)
+        else:
+            cos, sin = self._video_rope(layout)
+        text = layout.text_total
+        cos = np.concatenate([np.ones((text, cfg.head_dim), np.float32), cos])
+        sin = np.concatenate([np.zeros((text, cfg.head_dim), np.float32), sin])
+        return jnp.asarray(cos), jnp.asarray(sin)
+
+    def _video_rope(self, layout: SceneLayout) -> tuple[np.ndarray, np.ndarray]:
+        """(cos, sin) (video tokens, Dh) of one sample's frames, positions from 0."""
         cfg = self.config
         p = cfg.patch_size
-        cos, sin = rope_tables(
+        return rope_tables(
             cfg.head_dim,
             layout.total_frames,
             layout.grid_h,
@@ -223,13 +240,15 @@ class Mask2DiT(nnx.Module):
             cfg.sample_width // p,
             cfg.get("positions_convention", "diffusers"),
         )
-        text = layout.text_total
-        cos = np.concatenate([np.ones((text, cfg.head_dim), np.float32), cos])
-        sin = np.concatenate([np.zeros((text, cfg.head_dim), np.float32), sin])
-        return jnp.asarray(cos), jnp.asarray(sin)
+
+    @staticmethod
+    def _parts(layout: SceneLayout) -> list[SceneLayout]:
+        return [layout.sample_layout(j) for j in range(len(layout.sample_sizes))]
 
     def _sincos(self, layout: SceneLayout) -> jax.Array:
         cfg = self.config
+        if layout.is_packed:  # each sample's own table: positions restart per sample
+            return jnp.concatenate([self._sincos(part) for part in self._parts(layout)])
         if cfg.get("positions_convention", "diffusers") == "release":
             p = cfg.patch_size
             return jnp.asarray(
@@ -263,14 +282,19 @@ class Mask2DiT(nnx.Module):
             float(cfg.temporal_interpolation_scale),
         )
         if stretch and layout.num_scenes > 1:
-            table = stretch_frames(
-                table, frames, layout.tokens_per_frame, layout.total_frames
-            )
+            table = stretch_frames(table, frames, layout.tokens_per_frame, layout.total_frames)
         return jnp.asarray(table)
 
     # ------------------------------------------------------------------ forward
     def _check_inputs(
-        self, latents, text_embeds, timesteps, num_scenes, causal_conditions=0, scene_frames=None
+        self,
+        latents,
+        text_embeds,
+        timesteps,
+        num_scenes,
+        causal_conditions=0,
+        scene_frames=None,
+        samples=None,
     ) -> SceneLayout:
         cfg = self.config
         if latents.ndim != 5 or latents.shape[-1] != cfg.in_channels:
@@ -305,6 +329,7 @@ class Mask2DiT(nnx.Module):
             text_embeds.shape[1] // num_scenes,
             causal_conditions,
             scene_frames,
+            samples,
         )
 
     def __call__(
@@ -316,6 +341,7 @@ class Mask2DiT(nnx.Module):
         num_scenes: int,
         causal_conditions: int = 0,
         scene_frames: Sequence[int] | None = None,
+        samples: Sequence[int] | None = None,
     ) -> jax.Array:
         """Predicts (B, S*F, H, W, out_channels) float32; see the module docstring.
 
@@ -323,10 +349,13 @@ class Mask2DiT(nnx.Module):
         among themselves (``mask_mode="causal_conditions"``); 0 (default) is mask 1.
         ``scene_frames``: per-scene latent frame counts for scenes of different lengths
         (static: one compiled program per distinct tuple); None = equal scenes.
+        ``samples``: packed sequences, scenes per packed sample (static): tokens of different
+        samples never attend to each other and positions restart per sample; timesteps are
+        given per scene (B, S).
         """
         cfg = self.config
         layout = self._check_inputs(
-            latents, text_embeds, timesteps, num_scenes, causal_conditions, scene_frames
+            latents, text_embeds, timesteps, num_scenes, causal_conditions, scene_frames, samples
         )
         batch, s = latents.shape[0], num_scenes
         t = jnp.asarray(timesteps)

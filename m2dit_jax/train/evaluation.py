@@ -19,7 +19,7 @@ import ml_collections
 from m2dit_jax.rng import stream
 from m2dit_jax.train import distributed
 from m2dit_jax.train.program import make_loss
-from m2dit_jax.train.step import SCENE_FRAMES_KEY, batch_shardings
+from m2dit_jax.train.step import PACK_FILL_KEY, SAMPLES_KEY, SCENE_FRAMES_KEY, batch_shardings
 
 
 def eval_data_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -55,14 +55,19 @@ class Evaluator:
         self.host_batches = [to_host(next(dataset)) for _ in range(self.num_batches)]
         # per-batch static layouts (scenes of their own lengths), None = equal scenes
         self.scene_frames = [b.pop(SCENE_FRAMES_KEY, None) for b in self.host_batches]
+        self.samples = [b.pop(SAMPLES_KEY, None) for b in self.host_batches]
+        for b in self.host_batches:
+            b.pop(PACK_FILL_KEY, None)
         close = getattr(dataset, "close", None)
         if callable(close):
             close()
         loss = make_loss(config, held_out=True)
         root = stream(int(e.seed), "eval")
 
-        def eval_loss(params, batch, i, scene_frames=None):
+        def eval_loss(params, batch, i, scene_frames=None, samples=None):
             kwargs = {} if scene_frames is None else {"scene_frames": scene_frames}
+            if samples is not None:
+                kwargs["samples"] = samples
             value, _ = loss(parts.bind(params), batch, jax.random.fold_in(root, i), **kwargs)
             return value
 
@@ -70,7 +75,7 @@ class Evaluator:
         self.fn = jax.jit(
             eval_loss,
             in_shardings=(param_shardings, self.shardings, None),
-            static_argnames="scene_frames",
+            static_argnames=("scene_frames", "samples"),
         )
 
     def __call__(self, state: dict[str, Any]) -> dict[str, float]:
@@ -79,7 +84,7 @@ class Evaluator:
         with jax.set_mesh(self.mesh):
             for i, host in enumerate(self.host_batches):
                 batch = distributed.to_global(host, self.shardings)
-                frames = self.scene_frames[i]
+                frames, samples = self.scene_frames[i], self.samples[i]
                 for name, params in (("loss", state["params"]), ("loss_ema", state["ema"])):
-                    totals[name] += float(self.fn(params, batch, jnp.int32(i), frames))
+                    totals[name] += float(self.fn(params, batch, jnp.int32(i), frames, samples))
         return {k: v / max(self.num_batches, 1) for k, v in totals.items()}

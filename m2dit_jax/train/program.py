@@ -124,13 +124,17 @@ class TrainProgram:
         *,
         donate: bool = True,
         scene_frames: tuple[int, ...] | None = None,
+        samples: tuple[int, ...] | None = None,
     ):
         """The jitted ``step(state, batch) -> (state, metrics)`` for batches sharded so;
         ``scene_frames``: the batches' per-scene latent frames (scenes of their own lengths;
-        one compiled step per distinct tuple), None = equal scenes."""
+        one compiled step per distinct tuple), None = equal scenes; ``samples``: packed rows'
+        scenes per packed sample (one compiled step per packing plan)."""
         loss = self.loss
         if scene_frames is not None:
             loss = functools.partial(loss, scene_frames=tuple(scene_frames))
+        if samples is not None:
+            loss = functools.partial(loss, samples=tuple(samples))
         return make_train_step(
             self.parts,
             self.tx,

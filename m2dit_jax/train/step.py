@@ -31,6 +31,10 @@ DEVICE_KEYS = ("latents", "text_embeds", "cond")
 # Host batches may carry per-scene frame counts (B, S) under this key (scenes of their own
 # lengths); the step for that layout is compiled with them static (``batch_scene_frames``).
 SCENE_FRAMES_KEY = "scene_frames"
+# Packed rows carry the scenes of each packed sample (B, P) under this key, and the fraction
+# of the token budget the row fills (B,) under PACK_FILL_KEY (reported, never on device).
+SAMPLES_KEY = "sample_scenes"
+PACK_FILL_KEY = "pack_fill"
 
 
 def batch_scene_frames(batch: dict[str, Any]) -> tuple[int, ...] | None:
@@ -53,7 +57,26 @@ def batch_scene_frames(batch: dict[str, Any]) -> tuple[int, ...] | None:
             "(data bucketing, data.ragged)"
         )
     counts = tuple(int(f) for f in rows[0])
-    return None if len(set(counts)) == 1 else counts
+    return None if len(set(counts)) == 1 and SAMPLES_KEY not in batch else counts
+
+
+def batch_samples(batch: dict[str, Any]) -> tuple[int, ...] | None:
+    """The batch's packing (scenes per packed sample) as a static tuple; None when unpacked.
+
+    Every row must share it (the packer gives all rows of a batch one plan).
+    """
+    if SAMPLES_KEY not in batch:
+        return None
+    import numpy as np
+
+    rows = np.asarray(batch[SAMPLES_KEY])
+    if rows.ndim != 2 or not (rows == rows[:1]).all():
+        raise ValueError(
+            f"batch {SAMPLES_KEY!r} must be (B, P) with equal rows (one packing plan per "
+            f"batch), got {rows.tolist()}"
+        )
+    sizes = tuple(int(n) for n in rows[0])
+    return None if len(sizes) == 1 else sizes
 
 
 LossFn = Callable[..., tuple[jax.Array, dict[str, jax.Array]]]

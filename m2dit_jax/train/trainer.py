@@ -41,7 +41,10 @@ from m2dit_jax.train.program import build_train_program
 from m2dit_jax.train.state import count_params, split_model
 from m2dit_jax.train.step import (
     DEVICE_KEYS,
+    PACK_FILL_KEY,
+    SAMPLES_KEY,
     SCENE_FRAMES_KEY,
+    batch_samples,
     batch_scene_frames,
     batch_shardings,
 )
@@ -94,6 +97,10 @@ def _device_batch(batch: dict[str, Any]) -> dict[str, np.ndarray]:
     frames = batch_scene_frames(batch)
     if frames is not None:  # host-only: the static layout of this batch's step
         out[SCENE_FRAMES_KEY] = frames
+    samples = batch_samples(batch)
+    if samples is not None:  # host-only: the packing plan of this batch's step
+        out[SAMPLES_KEY] = samples
+        out[PACK_FILL_KEY] = float(np.mean(batch[PACK_FILL_KEY])) if PACK_FILL_KEY in batch else 0.0
     return out
 
 
@@ -218,22 +225,28 @@ def _train(config, workdir: str, dataset_factory: DatasetFactory) -> dict[str, A
 
     def to_device(host_batch):
         frames = host_batch.pop(SCENE_FRAMES_KEY, None)
+        samples = host_batch.pop(SAMPLES_KEY, None)
+        fill = host_batch.pop(PACK_FILL_KEY, None)
         if jax.process_count() > 1 and bool(config.data.get("ragged", False)):
             from jax.experimental import multihost_utils
 
             multihost_utils.assert_equal(
-                np.asarray(frames if frames is not None else (-1,), np.int32),
+                np.asarray(
+                    (frames if frames is not None else (-1,)) + (samples or (-1,)), np.int32
+                ),
                 "processes read batches of different scene layouts in one step; the data "
                 "pipeline must draw each global batch's layout from the shared seed",
             )
         placed = distributed.to_global(host_batch, batch_shardings(mesh, host_batch))
-        placed[SCENE_FRAMES_KEY] = frames
+        placed[SCENE_FRAMES_KEY] = (frames, samples)
+        placed[PACK_FILL_KEY] = fill
         return placed
 
     prefetch = BatchPrefetcher(dataset, _device_batch, to_device)
     # One jitted step per scene layout (None = equal scenes), compiled on its first batch
     # (shardings depend on the batch's keys/ranks).
     step_fns: dict[Any, Any] = {}
+    pack_fills: list[float] = []  # packed rows: real tokens / budget, per step
     losses: list[float] = []
     eval_metrics: dict[str, float] = {}
     window, in_flight = MetricsWindow(), InFlight(max_in_flight=2)
@@ -285,6 +298,9 @@ def _train(config, workdir: str, dataset_factory: DatasetFactory) -> dict[str, A
         summary.update({f"data_skipped/{k}": v for k, v in skips.items()})
         if bool(config.data.get("ragged", False)):  # each distinct layout compiled its step
             summary["scene_layouts_compiled"] = len(step_fns)
+        if pack_fills:
+            summary["data/pack_fill"] = float(np.mean(pack_fills))
+            pack_fills.clear()
         writer.write(step, summary)
         losses.extend(float(r["loss"]) for r in rows)
         bar.update(0, loss=float(rows[-1]["loss"]))
@@ -301,15 +317,21 @@ def _train(config, workdir: str, dataset_factory: DatasetFactory) -> dict[str, A
             if step < stop_at:
                 batch, snapshot, data_time = prefetch.next()
             while step < stop_at:
-                frames = batch.pop(SCENE_FRAMES_KEY, None)
-                step_fn = step_fns.get(frames)
+                layout_key = batch.pop(SCENE_FRAMES_KEY, (None, None))
+                fill = batch.pop(PACK_FILL_KEY, None)
+                if fill is not None:
+                    pack_fills.append(fill)
+                step_fn = step_fns.get(layout_key)
                 if step_fn is None:
-                    step_fn = step_fns[frames] = program.step_for(
-                        {k: v.sharding for k, v in batch.items()}, scene_frames=frames
+                    frames, samples = layout_key
+                    step_fn = step_fns[layout_key] = program.step_for(
+                        {k: v.sharding for k, v in batch.items()},
+                        scene_frames=frames,
+                        samples=samples,
                     )
-                    if frames is not None:
-                        log.info("compiling the step for scene layout %s (%d layouts so far)",
-                                 frames, len(step_fns))  # fmt: skip
+                    if layout_key != (None, None):
+                        log.info("compiling the step for scene layout %s, packing %s "
+                                 "(%d layouts so far)", frames, samples, len(step_fns))  # fmt: skip
                 profiler.before_step(step)
                 first = step == start_step
                 t0 = time.perf_counter()
