@@ -85,7 +85,15 @@ def write_samples(
         )
         paths.append(media.write_mp4(stem + ".mp4", video, fps=fps, scale=scale))
         with open(stem + ".mp4.scenes.json", "w") as f:
-            json.dump({"captions": caps, "frames_per_scene": video.shape[0] // len(caps)}, f)
+            per_scene = video.shape[0] // len(caps)
+            json.dump(
+                {
+                    "captions": caps,
+                    "frames_per_scene": per_scene,
+                    "scene_frames": [per_scene] * len(caps),
+                },
+                f,
+            )
     return paths
 
 

@@ -3,13 +3,15 @@
     python -m launch.eval --videos DIR [--scripts DIR] [--reference DIR] --out report.json
 
 ``DIR`` holds ``*.mp4`` / ``*.gif`` videos, each with the ``<video>.scenes.json`` sidecar that
-``launch.sample`` writes (per-scene captions, frames per scene). Always: shot-cut accuracy of
-the scene boundaries. With ``--reference``: I3D FVD against that folder's videos. With
-``--embedder module:function`` (``function()`` returns ``(image_embed, text_embed)``, e.g. a
-local CLIP): visual / semantic / sequence consistency. Videos whose captions follow the
-``synthetic_shapes`` grammar also get the analytic detectors. ``--scripts`` holds each video's
-YAML script as ``<stem>.yaml`` (its scenes are the generated ones; earlier sidecar scenes are
-the conditions of an extended video). Installed as the ``m2dit-eval`` console script.
+``launch.sample`` writes (per-scene captions and per-scene pixel frames ``scene_frames``:
+scenes may have their own lengths, and the true cut boundaries are then the scenes' cumulative
+starts). Always: shot-cut accuracy of the scene boundaries. With ``--reference``: I3D FVD
+against that folder's videos. With ``--embedder module:function`` (``function()`` returns
+``(image_embed, text_embed)``, e.g. a local CLIP): visual / semantic / sequence consistency.
+Videos whose captions follow the ``synthetic_shapes`` grammar also get the analytic detectors.
+``--scripts`` holds each video's YAML script as ``<stem>.yaml`` (its scenes are the generated
+ones; earlier sidecar scenes are the conditions of an extended video). Installed as the
+``m2dit-eval`` console script.
 """
 
 from __future__ import annotations

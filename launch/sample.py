@@ -11,10 +11,13 @@ inference bundle (``launch.export`` of a pixel-space run). Both run the same pip
 (``m2dit_jax.inference.pipeline.SamplingPipeline``).
 
 ``--out`` ends in .mp4 or .gif; next to it goes ``<out>.scenes.json`` (the captions of every
-scene, which ``--extend`` reads back to condition on), and optionally ``--gif``/``--sheet``
+scene and its pixel frames, ``scene_frames``, which ``--extend`` and ``launch.eval`` read back;
+``frames_per_scene`` is their common count, null when a script gives scenes their own
+``frames:`` / ``seconds:``), and optionally ``--gif``/``--sheet``
 extra files. ``--extend VIDEO`` reads the video (resized to the model's frame size), encodes it
 scene by scene and appends the script's scenes with mask-2 scene extension; the captions of
-VIDEO's scenes come from its ``.scenes.json`` or from ``--previous-script``. ``--steps``,
+VIDEO's scenes come from its ``.scenes.json`` or from ``--previous-script``, their lengths from
+the sidecar's ``scene_frames`` (else equal scenes). ``--steps``,
 ``--seed``, ``--guidance``, ``--sampler`` and ``--dynamic-cfg`` override the script's sampler
 options; ``--frames/--height/--width/--scenes`` the model's scene geometry. Every caption is
 encoded before the transformer is loaded, and T5 is released first (``--keep-text-encoder``
@@ -34,6 +37,7 @@ import dataclasses
 import json
 import os
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from m2dit_jax import media
@@ -63,6 +67,64 @@ def read_previous_captions(video_path: str, previous_script: str | None) -> list
     if not isinstance(captions, list) or not all(isinstance(c, str) and c for c in captions):
         raise ValueError(f"{path}: 'captions' must be a list of non-empty strings")
     return captions
+
+
+def read_previous_frames(
+    video_path: str, num_scenes: int, total_frames: int
+) -> tuple[int, ...] | None:
+    """Pixel frames of each scene of the ``--extend`` video from its sidecar's ``scene_frames``
+    (checked against the video); None for equal scenes, or a sidecar without them: the equal
+    path, which splits the video into scenes of the model's frames."""
+    path = sidecar_path(video_path)
+    counts = None
+    if os.path.isfile(path):
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except (OSError, json.JSONDecodeError) as err:
+            raise ValueError(f"{path}: not readable JSON ({err})") from err
+        counts = data.get("scene_frames") if isinstance(data, dict) else None
+    if counts is not None:
+        if not isinstance(counts, list) or not all(
+            isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in counts
+        ):
+            raise ValueError(f"{path}: 'scene_frames' must be a list of positive integers")
+        if len(counts) != num_scenes:
+            raise ValueError(
+                f"{path}: 'scene_frames' has {len(counts)} entries for the {num_scenes} scenes "
+                f"of {video_path}"
+            )
+        if sum(counts) != total_frames:
+            raise ValueError(
+                f"{path}: 'scene_frames' {counts} add up to {sum(counts)} frames, but "
+                f"{video_path} has {total_frames}"
+            )
+        if len(set(counts)) > 1:
+            return tuple(counts)
+    return None
+
+
+def describe_scenes(scene_frames: Sequence[int]) -> str:
+    """The summary's scene part: "3 scenes x 9 frames" (equal), "3 scenes of 5, 9, 13 frames"."""
+    counts = list(scene_frames)
+    if len(set(counts)) == 1:
+        return f"{len(counts)} scenes x {counts[0]} frames"
+    return f"{len(counts)} scenes of {', '.join(str(c) for c in counts)} frames"
+
+
+def output_scene_frames(pipeline, video, expected: Sequence[int]) -> list[int]:
+    """The per-scene pixel frames of a sampled ``video``: ``expected`` (what was asked for),
+    or, should the autoencoder decode another count, the frames each scene's latents decode
+    to; a ValueError when neither adds up to the video's frames."""
+    counts = [int(c) for c in expected]
+    if sum(counts) == len(video):
+        return counts
+    decoded = [pipeline.pixel_frames_of(pipeline.latent_frames_of(c)) for c in counts]
+    if sum(decoded) == len(video):
+        return decoded
+    raise ValueError(
+        f"the sampled video has {len(video)} frames, not the {sum(counts)} of its scenes {counts}"
+    )
 
 
 def apply_overrides(script: SampleScript, args: argparse.Namespace) -> SampleScript:
@@ -122,6 +184,36 @@ def parse_mesh(value: str | None):
     return make_mesh(shape, jax.devices()[: math.prod(shape.values())])
 
 
+def _write_gif(path: str, video, fps: int, scale: int, scene_frames: Sequence[int]) -> str:
+    """``media.write_gif`` with its playback bar; for scenes of different lengths the bar's
+    scene cuts are drawn at the scenes' real starts."""
+    import numpy as np
+
+    if len(set(scene_frames)) == 1:
+        return media.write_gif(path, video, fps=fps, scale=scale, num_scenes=len(scene_frames))
+    frames = media.enlarge(media.check_video(video), scale)
+    bar = media.timeline_strip(len(frames), frames.shape[2], 1, max(3, scale))
+    for start in np.cumsum(scene_frames)[:-1]:
+        x = int(round(frames.shape[2] * start / len(frames)))
+        bar[:, :, max(0, x - 1) : x + 1] = (230, 40, 40)
+    return media.write_gif(path, np.concatenate([frames, bar], axis=1), fps=fps, scale=1)
+
+
+def _pad_scenes(video, scene_frames: Sequence[int]):
+    """Scenes of different lengths padded with white frames to the longest one (for the
+    contact sheet, whose columns are equal scenes)."""
+    import numpy as np
+
+    longest = max(scene_frames)
+    scenes = np.split(np.asarray(video), np.cumsum(scene_frames)[:-1])
+    return np.concatenate(
+        [
+            np.concatenate([s, np.full((longest - len(s), *s.shape[1:]), 255, s.dtype)])
+            for s in scenes
+        ]
+    )
+
+
 def write_outputs(
     out: str,
     video,
@@ -131,28 +223,55 @@ def write_outputs(
     scale: int,
     gif: bool,
     sheet: bool,
-    frames_per_scene: int,
+    frames_per_scene: int | None = None,
+    scene_frames: Sequence[int] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> list[str]:
-    """Writes the video (+ sidecar, optional GIF and contact sheet); returns the paths."""
+    """Writes the video (+ sidecar, optional GIF and contact sheet); returns the paths.
+
+    ``scene_frames``: pixel frames of every scene (default: ``frames_per_scene`` each, else
+    the video split into equal scenes); the sidecar records them, and ``frames_per_scene``
+    (null when they differ)."""
     num_scenes = len(captions)
+    if scene_frames is None:
+        if frames_per_scene is None:
+            if len(video) % num_scenes:
+                raise ValueError(
+                    f"{len(video)} frames do not split into {num_scenes} equal scenes: "
+                    "give scene_frames"
+                )
+            frames_per_scene = len(video) // num_scenes
+        scene_frames = [frames_per_scene] * num_scenes
+    scene_frames = [int(f) for f in scene_frames]
+    if len(scene_frames) != num_scenes or min(scene_frames) < 1:
+        raise ValueError(f"scene_frames {scene_frames}: need one positive count per caption")
+    if sum(scene_frames) != len(video):
+        raise ValueError(
+            f"scene_frames {scene_frames} add up to {sum(scene_frames)}, the video has "
+            f"{len(video)} frames"
+        )
+    equal = scene_frames[0] if len(set(scene_frames)) == 1 else None
     paths = []
     if out.endswith(".gif"):
-        paths.append(media.write_gif(out, video, fps=fps, scale=scale, num_scenes=num_scenes))
+        paths.append(_write_gif(out, video, fps, scale, scene_frames))
     else:
         paths.append(media.write_mp4(out, video, fps=fps, scale=scale))
     stem = os.path.splitext(out)[0]
     if gif and not out.endswith(".gif"):
-        paths.append(
-            media.write_gif(stem + ".gif", video, fps=fps, scale=scale, num_scenes=num_scenes)
-        )
+        paths.append(_write_gif(stem + ".gif", video, fps, scale, scene_frames))
     if sheet:
+        sheet_video = video if equal is not None else _pad_scenes(video, scene_frames)
         paths.append(
-            media.write_contact_sheet(stem + "_sheet.png", [video], [captions], scale=scale)
+            media.write_contact_sheet(stem + "_sheet.png", [sheet_video], [captions], scale=scale)
         )
     with open(sidecar_path(out), "w") as f:
         json.dump(
-            {"captions": captions, "frames_per_scene": frames_per_scene, **(extra or {})},
+            {
+                "captions": captions,
+                "frames_per_scene": equal,
+                "scene_frames": scene_frames,
+                **(extra or {}),
+            },
             f,
             indent=2,
         )
@@ -271,20 +390,33 @@ def _run(args: argparse.Namespace) -> list[str]:
         pipeline.set_video(**geometry)
     spec = pipeline.video
     start = time.perf_counter()
-    existing = None
+    existing = previous_frames = None
     if args.extend:
         existing = media.read_video(args.extend, size=(spec.height, spec.width))
-        pipeline.split_video(existing)  # frame count checked before any model work
+        previous_frames = read_previous_frames(args.extend, len(previous), len(existing))
+        # frame counts checked before any model work
+        pipeline.split_video(existing, previous_frames)
+    new_frames = pipeline.scene_pixel_frames(script)
     # Every caption first (T5 loaded once), then T5 released before the transformer loads.
     pipeline.prepare_captions([*(previous or []), *script.captions, *script.negatives])
     if not args.keep_text_encoder:
         pipeline.release_text_encoder()
     if args.extend:
-        video = pipeline.extend(existing, previous, script, cache_conditions=args.cache_conditions)
+        video = pipeline.extend(
+            existing,
+            previous,
+            script,
+            cache_conditions=args.cache_conditions,
+            previous_frames=previous_frames,
+        )
         captions = previous + script.captions
+        prior = previous_frames or [len(s) for s in pipeline.split_video(existing)]
+        expected = [*prior, *new_frames]
     else:
         video = pipeline.generate(script, cache_conditions=args.cache_conditions)
         captions = script.captions
+        expected = list(new_frames)
+    scene_frames = output_scene_frames(pipeline, video, expected)
     seconds = time.perf_counter() - start
     is_bundle = pipeline.meta.get("format") == "m2dit_bundle"
     scale = args.scale if args.scale is not None else (4 if is_bundle else 1)
@@ -296,7 +428,7 @@ def _run(args: argparse.Namespace) -> list[str]:
         scale=scale,
         gif=args.gif,
         sheet=args.sheet,
-        frames_per_scene=spec.frames,
+        scene_frames=scene_frames,
         extra={
             "model": os.path.abspath(args.model),
             "sampler": dataclasses.asdict(script.sampler),
@@ -307,7 +439,7 @@ def _run(args: argparse.Namespace) -> list[str]:
         },
     )
     print(
-        f"{len(captions)} scenes x {spec.frames} frames at {spec.height}x{spec.width} "
+        f"{describe_scenes(scene_frames)} at {spec.height}x{spec.width} "
         f"({script.sampler.name}, {script.sampler.steps} steps, {seconds:.1f}s incl. compile) "
         f"-> {', '.join(paths)}"
     )

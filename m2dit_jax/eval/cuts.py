@@ -5,7 +5,9 @@ a frame starts a new shot when the mean HSV difference to the previous frame rea
 ``threshold`` (0..255 scale; 30 here, PySceneDetect's default is 27: on small synthetic frames
 decoded from H.264, codec noise on dark backgrounds pushes a few in-scene frames over 27).
 A detected cut is the index of the first frame of the new shot. The true boundaries of S
-equal scenes of F frames are frames F, 2F, ..., (S-1)F. Detected cuts are matched one-to-one
+equal scenes of F frames are frames F, 2F, ..., (S-1)F; of scenes of their own lengths
+F_1, ..., F_S (ragged) the first frame of every scene after the first, F_1, F_1 + F_2, ...
+(``boundaries_from_frames``). Detected cuts are matched one-to-one
 to boundaries within ``tolerance`` (default ±1) frames, nearest first:
 
 - ``boundary_recall``: matched boundaries / true boundaries;
@@ -72,6 +74,44 @@ def scene_boundaries(num_scenes: int, frames_per_scene: int) -> list[int]:
     return [s * frames_per_scene for s in range(1, num_scenes)]
 
 
+def check_scene_frames(
+    scene_frames: Sequence[int],
+    *,
+    num_scenes: int | None = None,
+    total: int | None = None,
+    where: str = "scene_frames",
+) -> tuple[int, ...]:
+    """``scene_frames`` as a tuple of positive ints, checked against ``num_scenes`` scenes and
+    a video of ``total`` frames (when given); a ValueError starting with ``where`` otherwise."""
+    try:
+        counts = list(scene_frames)
+    except TypeError:
+        counts = None
+    if not counts or not all(
+        isinstance(f, (int, np.integer)) and not isinstance(f, bool) and f >= 1 for f in counts
+    ):
+        raise ValueError(
+            f"{where} must be a non-empty list of positive integers, got {scene_frames!r}"
+        )
+    counts = tuple(int(f) for f in counts)
+    if num_scenes is not None and len(counts) != num_scenes:
+        raise ValueError(
+            f"{where} {list(counts)} has {len(counts)} entries for {num_scenes} scenes"
+        )
+    if total is not None and sum(counts) != total:
+        raise ValueError(
+            f"{where} {list(counts)} add up to {sum(counts)} frames, but the video has {total}"
+        )
+    return counts
+
+
+def boundaries_from_frames(scene_frames: Sequence[int]) -> list[int]:
+    """First frame of every scene after the first for scenes of ``scene_frames`` frames each:
+    the cumulative starts [F_1, F_1 + F_2, ..., F_1 + ... + F_{S-1}]."""
+    counts = check_scene_frames(scene_frames)
+    return [int(b) for b in np.cumsum(counts)[:-1]]
+
+
 def match_cuts(
     detected: Sequence[int], boundaries: Sequence[int], *, tolerance: int = TOLERANCE
 ) -> dict:
@@ -103,13 +143,18 @@ def video_cut_accuracy(
     threshold: float = DEFAULT_THRESHOLD,
     tolerance: int = TOLERANCE,
     boundaries: Sequence[int] | None = None,
+    scene_frames: Sequence[int] | None = None,
 ) -> dict:
-    """Cuts of one video of ``num_scenes`` equal scenes (or explicit ``boundaries``).
+    """Cuts of one video of ``num_scenes`` equal scenes, of scenes of ``scene_frames`` frames
+    each (ragged; they must add up to the video's frames), or explicit ``boundaries``.
 
     Returns ``detected``, ``boundaries``, ``hits``, ``missed``, ``spurious`` and
     ``boundary_recall`` (NaN for a single-scene video, which has no boundary).
     """
     video = _check_video(video)
+    if boundaries is None and scene_frames is not None:
+        counts = check_scene_frames(scene_frames, num_scenes=num_scenes, total=len(video))
+        boundaries = boundaries_from_frames(counts)
     if boundaries is None:
         if num_scenes < 1 or len(video) % num_scenes:
             raise ValueError(f"{len(video)} frames do not split into {num_scenes} equal scenes")

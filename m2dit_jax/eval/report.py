@@ -2,7 +2,9 @@
 
 ``evaluate(videos_dir, ...)`` reads every ``*.mp4`` / ``*.gif`` in ``videos_dir`` with the
 ``<file>.scenes.json`` sidecar that ``launch.sample`` writes next to it (``captions``: one per
-scene, ``frames_per_scene``) and returns a JSON-ready report:
+scene; ``scene_frames``: the pixel frames of every scene, which may differ from scene to scene;
+``frames_per_scene``: their common count when they are equal, null otherwise — an older sidecar
+with only ``frames_per_scene``, or neither, means equal scenes) and returns a JSON-ready report:
 
 - ``cuts``: shot-cut accuracy of the scene boundaries (``m2dit_jax.eval.cuts``), always;
 - ``fvd``: I3D FVD against the videos of ``reference_dir`` (``m2dit_jax.eval.fvd``), when given;
@@ -15,6 +17,9 @@ scene, ``frames_per_scene``) and returns a JSON-ready report:
 must be the last scenes of the sidecar's captions. Earlier scenes are conditions (a video
 extended with ``launch.sample --extend``): they are not scored as generated scenes, but cuts and
 consistency still look at them. Every bad input raises a ValueError naming the file.
+Scenes of their own lengths ("ragged") are split by ``scene_frames`` everywhere: the true cut
+boundaries are the scenes' cumulative starts, and consistency and the synthetic detectors look
+at each scene's own frames.
 """
 
 from __future__ import annotations
@@ -40,13 +45,25 @@ SYNTHETIC_KEYS = ("colour_ok", "motion_ok", "shape_consistent", "background_cons
 
 @dataclasses.dataclass
 class SampledVideo:
-    """One video of the folder with what its sidecar (and script) say about it."""
+    """One video of the folder with what its sidecar (and script) say about it.
+
+    ``scene_frames``: pixel frames of every scene (an int is taken as that many frames for
+    every scene, the layout of equal scenes)."""
 
     path: str
-    frames: np.ndarray  # (S*F, H, W, 3) uint8
+    frames: np.ndarray  # (sum(scene_frames), H, W, 3) uint8
     captions: list[str]
-    frames_per_scene: int
+    scene_frames: tuple[int, ...]
     first_scene: int = 0  # scenes before it are conditions of an extended video
+
+    def __post_init__(self):
+        if isinstance(self.scene_frames, (int, np.integer)) and not isinstance(
+            self.scene_frames, bool
+        ):
+            self.scene_frames = (int(self.scene_frames),) * len(self.captions)
+        self.scene_frames = cuts.check_scene_frames(
+            self.scene_frames, num_scenes=len(self.captions), where=f"{self.path}: scene_frames"
+        )
 
     @property
     def name(self) -> str:
@@ -55,6 +72,22 @@ class SampledVideo:
     @property
     def num_scenes(self) -> int:
         return len(self.captions)
+
+    @property
+    def ragged(self) -> bool:
+        """Whether the scenes have different frame counts."""
+        return len(set(self.scene_frames)) > 1
+
+    @property
+    def frames_per_scene(self) -> int | None:
+        """The frames of every scene when they are equal; None for ragged scenes (see
+        ``scene_frames``)."""
+        return None if self.ragged else self.scene_frames[0]
+
+    @property
+    def scene_starts(self) -> list[int]:
+        """First frame of every scene (0 first)."""
+        return [0, *cuts.boundaries_from_frames(self.scene_frames)]
 
 
 def list_videos(folder: str, what: str = "--videos") -> list[str]:
@@ -71,8 +104,30 @@ def list_videos(folder: str, what: str = "--videos") -> list[str]:
     return paths
 
 
+@dataclasses.dataclass(frozen=True)
+class Sidecar:
+    """What ``<video>.scenes.json`` says: captions, and the scene lengths when it records them
+    (``scene_frames`` per scene; ``frames_per_scene`` when equal)."""
+
+    captions: list[str]
+    frames_per_scene: int | None
+    scene_frames: tuple[int, ...] | None
+
+
 def read_sidecar(video_path: str) -> tuple[list[str], int | None]:
-    """(captions, frames_per_scene or None) from ``<video>.scenes.json``."""
+    """(captions, frames_per_scene or None) from ``<video>.scenes.json``; None also for a
+    sidecar whose ``scene_frames`` differ (see ``read_scene_sidecar``)."""
+    side = read_scene_sidecar(video_path)
+    fps = side.frames_per_scene
+    if fps is None and side.scene_frames is not None and len(set(side.scene_frames)) == 1:
+        fps = side.scene_frames[0]
+    return side.captions, fps
+
+
+def read_scene_sidecar(video_path: str) -> Sidecar:
+    """The validated sidecar of ``video_path``: ``captions`` (non-empty strings), optional
+    ``frames_per_scene`` (a positive int or null) and optional ``scene_frames`` (one positive
+    int per caption, all equal to ``frames_per_scene`` when both are given)."""
     path = video_path + SIDECAR_SUFFIX
     if not os.path.isfile(path):
         raise ValueError(
@@ -92,7 +147,27 @@ def read_sidecar(video_path: str) -> tuple[list[str], int | None]:
     fps = data.get("frames_per_scene")
     if fps is not None and (not isinstance(fps, int) or isinstance(fps, bool) or fps < 1):
         raise ValueError(f"{path}: 'frames_per_scene' must be a positive integer, got {fps!r}")
-    return captions, fps
+    scene_frames = data.get("scene_frames")
+    if scene_frames is not None:
+        if not isinstance(scene_frames, list) or not all(
+            isinstance(f, int) and not isinstance(f, bool) and f >= 1 for f in scene_frames
+        ):
+            raise ValueError(
+                f"{path}: 'scene_frames' must be a list of positive integers (pixel frames per "
+                f"scene), got {scene_frames!r}"
+            )
+        if len(scene_frames) != len(captions):
+            raise ValueError(
+                f"{path}: 'scene_frames' has {len(scene_frames)} entries for its "
+                f"{len(captions)} captions (one per scene)"
+            )
+        if fps is not None and any(f != fps for f in scene_frames):
+            raise ValueError(
+                f"{path}: 'scene_frames' {scene_frames} disagree with 'frames_per_scene' {fps} "
+                "(set it to null for scenes of different lengths)"
+            )
+        scene_frames = tuple(scene_frames)
+    return Sidecar(captions, fps, scene_frames)
 
 
 def _script_scenes(scripts_dir: str, video_path: str) -> list[str]:
@@ -110,9 +185,18 @@ def load_video(
     path: str, *, frame_size: tuple[int, int] | None = None, scripts_dir: str | None = None
 ) -> SampledVideo:
     """Reads a video + sidecar (+ its script) and checks that they agree."""
-    captions, frames_per_scene = read_sidecar(path)
+    side = read_scene_sidecar(path)
+    captions, frames_per_scene, scene_frames = side.captions, side.frames_per_scene, None
     frames = media.read_video(path, size=frame_size)
-    if frames_per_scene is None:
+    if side.scene_frames is not None:
+        scene_frames = side.scene_frames
+        if sum(scene_frames) != len(frames):
+            raise ValueError(
+                f"{path}: {len(frames)} frames, but the 'scene_frames' {list(scene_frames)} of "
+                f"its sidecar {os.path.basename(path + SIDECAR_SUFFIX)} add up to "
+                f"{sum(scene_frames)}"
+            )
+    elif frames_per_scene is None:
         if len(frames) % len(captions):
             raise ValueError(
                 f"{path}: {len(frames)} frames do not split into the {len(captions)} equal "
@@ -133,7 +217,9 @@ def load_video(
                 f"its sidecar {captions}"
             )
         first_scene = len(captions) - len(scenes)
-    return SampledVideo(path, frames, captions, frames_per_scene, first_scene)
+    if scene_frames is None:
+        scene_frames = (frames_per_scene,) * len(captions)
+    return SampledVideo(path, frames, captions, scene_frames, first_scene)
 
 
 def synthetic_script(captions: Sequence[str]) -> synthetic_shapes.Script | None:
@@ -149,13 +235,18 @@ def synthetic_script(captions: Sequence[str]) -> synthetic_shapes.Script | None:
 
 
 def _scene_semantic(video: SampledVideo, image_embed, text_embed) -> list[float]:
-    scenes = consistency.split_scenes(video.frames, video.num_scenes)
+    scenes = consistency.split_scenes(video.frames, video.num_scenes, _ragged_frames(video))
     return [
         consistency.video_consistency(
             scene, [caption], image_embed=image_embed, text_embed=text_embed
         )["semantic_consistency"]
         for scene, caption in zip(scenes, video.captions)
     ]
+
+
+def _ragged_frames(video: SampledVideo) -> tuple[int, ...] | None:
+    """The per-scene counts to split by: None for equal scenes (the reshape path)."""
+    return video.scene_frames if video.ragged else None
 
 
 def score_video(
@@ -168,21 +259,28 @@ def score_video(
 ) -> dict[str, Any]:
     """Per-video row: cut matching, consistency, synthetic rows and one entry per scene."""
     cut = cuts.video_cut_accuracy(
-        video.frames, video.num_scenes, threshold=cut_threshold, tolerance=tolerance
+        video.frames,
+        video.num_scenes,
+        threshold=cut_threshold,
+        tolerance=tolerance,
+        scene_frames=video.scene_frames,
     )
+    starts = video.scene_starts
     scenes = [
         {
             "scene": i,
             "caption": c,
             "generated": i >= video.first_scene,
-            "cut_found": (i * video.frames_per_scene in cut["hits"]) if i else None,
+            "frames": video.scene_frames[i],
+            "cut_found": (starts[i] in cut["hits"]) if i else None,
         }
         for i, c in enumerate(video.captions)
     ]
     row: dict[str, Any] = {
         "file": video.name,
         "num_scenes": video.num_scenes,
-        "frames_per_scene": video.frames_per_scene,
+        "frames_per_scene": video.frames_per_scene,  # None when the scenes differ
+        "scene_frames": list(video.scene_frames),
         "first_scene": video.first_scene,
         "cuts": cut,
         "consistency": None,
@@ -191,13 +289,22 @@ def score_video(
     }
     if image_embed is not None and text_embed is not None:
         row["consistency"] = consistency.video_consistency(
-            video.frames, video.captions, image_embed=image_embed, text_embed=text_embed
+            video.frames,
+            video.captions,
+            image_embed=image_embed,
+            text_embed=text_embed,
+            scene_frames=_ragged_frames(video),
         )
         for scene, value in zip(scenes, _scene_semantic(video, image_embed, text_embed)):
             scene["semantic"] = value
     script = synthetic_script(video.captions)
     if script is not None:
-        rows = synthetic_metrics.score_video(video.frames, script, first_scene=video.first_scene)
+        rows = synthetic_metrics.score_video(
+            video.frames,
+            script,
+            first_scene=video.first_scene,
+            scene_frames=_ragged_frames(video),
+        )
         row["synthetic"] = rows
         for r in rows:
             scenes[r["scene"]].update({k: bool(r[k]) for k in SYNTHETIC_KEYS if k in r})
@@ -266,6 +373,7 @@ def evaluate(
     report: dict[str, Any] = {
         "videos_dir": os.path.abspath(videos_dir),
         "num_videos": len(rows),
+        "num_ragged": sum(len(set(r["scene_frames"])) > 1 for r in rows),
         "cuts": {
             **cuts.summarize_cuts([r["cuts"] for r in rows]),
             "threshold": cut_threshold,

@@ -3,6 +3,8 @@
 The plot shows, per scene position (scene 1, 2, ...), the mean over videos of every per-scene
 score in percent: cut found at the scene's start, synthetic colour / motion alignment and
 shape / background consistency, semantic (CLIP) score — those the report has. Pillow only.
+Videos whose scenes have their own lengths (ragged) count by scene position like the others;
+the per-video table gives every video's frames per scene.
 """
 
 from __future__ import annotations
@@ -91,7 +93,9 @@ def plot_scene_scores(report: dict, path: str) -> str:
         draw.text((lx + 16, top + 16 * j - 1), label, fill=(20, 20, 20))
     if not means:
         draw.text((left + gap, top + height / 2), "no per-scene scores", fill=(20, 20, 20))
-    draw.text((left, base + 22), f"mean over {report['num_videos']} videos", fill=(90, 90, 90))
+    ragged = report.get("num_ragged") or 0
+    footer = f"mean over {report['num_videos']} videos" + (f" ({ragged} ragged)" if ragged else "")
+    draw.text((left, base + 22), footer, fill=(90, 90, 90))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     img.save(path)
     return path
@@ -138,12 +142,28 @@ def summary_rows(report: dict) -> list[tuple[str, str]]:
     return rows
 
 
+def scene_frames_text(row: dict) -> str:
+    """A report row's frames per scene: "4" for equal scenes, "3+7+5" for ragged ones."""
+    frames = row.get("scene_frames")
+    if not frames:
+        fps = row.get("frames_per_scene")
+        return "-" if fps is None else str(fps)
+    if len(set(frames)) == 1:
+        return str(frames[0])
+    return "+".join(str(f) for f in frames)
+
+
 def markdown(report: dict, plot_file: str | None = None) -> str:
     """The report as markdown: a summary table, a per-video table and the plot."""
     lines = [
         "# Evaluation report",
         "",
-        f"{report['num_videos']} videos in `{report['videos_dir']}`.",
+        f"{report['num_videos']} videos in `{report['videos_dir']}`"
+        + (
+            f" ({report['num_ragged']} with scenes of their own lengths)."
+            if report.get("num_ragged")
+            else "."
+        ),
         "",
         "| metric | value |",
         "|---|---|",
@@ -151,8 +171,9 @@ def markdown(report: dict, plot_file: str | None = None) -> str:
     lines += [f"| {m} | {v} |" for m, v in summary_rows(report)]
     lines += [
         "",
-        "| video | scenes | cuts found | spurious | visual | semantic | colour | motion |",
-        "|---|---|---|---|---|---|---|---|",
+        "| video | scenes | cuts found | spurious | visual | semantic | colour | motion "
+        "| frames per scene |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in report["videos"]:
         cons = r["consistency"] or {}
@@ -162,7 +183,8 @@ def markdown(report: dict, plot_file: str | None = None) -> str:
             f"{len(r['cuts']['boundaries'])} | {len(r['cuts']['spurious'])} | "
             f"{_pct(cons.get('visual_consistency'), 2)} | "
             f"{_pct(cons.get('semantic_consistency'), 2)} | "
-            f"{_scene_pct(generated, 'colour_ok')} | {_scene_pct(generated, 'motion_ok')} |"
+            f"{_scene_pct(generated, 'colour_ok')} | {_scene_pct(generated, 'motion_ok')} | "
+            f"{scene_frames_text(r)} |"
         )
     if plot_file:
         lines += ["", f"![per-scene scores]({plot_file})"]

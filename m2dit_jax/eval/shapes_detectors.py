@@ -143,9 +143,14 @@ def detect(video_scene) -> dict[str, str]:
     }
 
 
-def detect_scenes(video, num_scenes: int) -> list[dict[str, str]]:
-    """(S*F, H, W, 3) uint8 multi-scene clip -> one ``detect`` dict per scene."""
+def detect_scenes(video, num_scenes: int, scene_frames=None) -> list[dict[str, str]]:
+    """(S*F, H, W, 3) uint8 multi-scene clip -> one ``detect`` dict per scene; with
+    ``scene_frames`` (pixel frames per scene) the scenes are split by those counts."""
     video = np.asarray(video)
+    if scene_frames is not None:
+        from m2dit_jax.eval.consistency import split_scenes
+
+        return [detect(scene) for scene in split_scenes(video, num_scenes, scene_frames)]
     if num_scenes <= 0 or video.ndim != 4 or video.shape[0] % num_scenes:
         raise ValueError(
             f"video of shape {video.shape} cannot be split into num_scenes={num_scenes} scenes"

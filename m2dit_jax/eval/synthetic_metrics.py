@@ -21,6 +21,8 @@ comparison between models trained on the same budget (the ablation reports it).
 chance level of each number for a model that ignores its captions / the other scenes.
 Extended videos are scored the same way; ``first_scene`` restricts the per-scene numbers to
 the newly generated scenes while consistency is still measured against scene 1 of the video.
+Scenes of their own lengths (``scene_frames``) are scored the same way, each on its own
+frames; a one-frame scene has no ``motion_ok`` (no motion to see).
 """
 
 from __future__ import annotations
@@ -77,17 +79,29 @@ SUMMARY_NAMES = {
 }
 
 
-def score_video(video: np.ndarray, script: Script, *, first_scene: int = 0) -> list[dict]:
+def score_video(
+    video: np.ndarray,
+    script: Script,
+    *,
+    first_scene: int = 0,
+    scene_frames: Sequence[int] | None = None,
+) -> list[dict]:
     """(S*F, H, W, 3) uint8 video of ``script.num_scenes`` scenes -> one row per scored scene.
 
     Each row holds the detections and the bool metrics above (consistency keys only for
     scenes after the first). ``first_scene`` skips the rows of earlier (condition) scenes.
+    ``scene_frames``: pixel frames of each scene when they differ (ragged).
     """
+    from m2dit_jax.eval.consistency import split_scenes
+
     num_scenes = script.num_scenes
     if not 0 <= first_scene < num_scenes:
         raise ValueError(f"first_scene={first_scene} must be in [0, {num_scenes})")
-    detections = shapes_detectors.detect_scenes(video, num_scenes)
-    scenes = np.asarray(video).reshape(num_scenes, -1, *np.shape(video)[1:])
+    detections = shapes_detectors.detect_scenes(video, num_scenes, scene_frames)
+    if scene_frames is None:
+        scenes = np.asarray(video).reshape(num_scenes, -1, *np.shape(video)[1:])
+    else:
+        scenes = split_scenes(video, num_scenes, scene_frames)
     clean = [is_clean_scene(scene) for scene in scenes]
     reference = detections[0]
     rows = []
@@ -101,6 +115,8 @@ def score_video(video: np.ndarray, script: Script, *, first_scene: int = 0) -> l
             "shape_ok": d["shape"] == SHAPES[script.shape],
             "object_clean": clean[i],
         }
+        if len(scenes[i]) < 2:  # a one-frame shot shows no motion: not scored
+            del row["motion_ok"]
         if i > 0:
             both = clean[i] and clean[0]
             row["shape_consistent"] = both and d["shape"] == reference["shape"]
@@ -133,14 +149,26 @@ def summarize(rows: Sequence[dict]) -> dict[str, float]:
 
 
 def score_videos(
-    videos: Sequence[np.ndarray], scripts: Sequence[Script], *, first_scene: int = 0
+    videos: Sequence[np.ndarray],
+    scripts: Sequence[Script],
+    *,
+    first_scene: int = 0,
+    scene_frames: Sequence[Sequence[int] | None] | None = None,
 ) -> tuple[dict[str, float], list[list[dict]]]:
-    """Scores many videos; returns (summary over all scored scenes, per-video rows)."""
+    """Scores many videos; returns (summary over all scored scenes, per-video rows).
+    ``scene_frames``: per video, its per-scene pixel frames (None: equal scenes)."""
     if len(videos) != len(scripts) or not videos:
         raise ValueError(
             f"need matching non-empty lists, got {len(videos)} videos and {len(scripts)} scripts"
         )
-    per_video = [score_video(v, s, first_scene=first_scene) for v, s in zip(videos, scripts)]
+    if scene_frames is None:
+        scene_frames = [None] * len(videos)
+    elif len(scene_frames) != len(videos):
+        raise ValueError(f"need one scene_frames per video, got {len(scene_frames)}")
+    per_video = [
+        score_video(v, s, first_scene=first_scene, scene_frames=f)
+        for v, s, f in zip(videos, scripts, scene_frames)
+    ]
     return summarize([r for rows in per_video for r in rows]), per_video
 
 
