@@ -34,3 +34,18 @@ def test_batch_scene_frames():
     assert batch_scene_frames({"scene_frames": np.array([[3, 1], [3, 1]])}) == (3, 1)
     with pytest.raises(ValueError, match="bucketing"):
         batch_scene_frames({"scene_frames": np.array([[3, 1], [1, 3]])})
+
+
+def test_packed_run_reports_fill_and_bounds_compiles(tmp_path):
+    config = tiny_config(log_every=3, checkpoint_every=100)
+    config.data.update(
+        dict(ragged=True, min_frames=1, max_frames=2, frame_choices=(1, 2), pack_tokens=96,
+             pack_frame_tokens=4, pack_text_tokens=4, pack_plans=2)
+    )  # fmt: skip
+    config.train.batch_size = 2
+    result = train_and_evaluate(config, str(tmp_path))
+    assert len(result["losses"]) == 6 and np.isfinite(result["losses"]).all()
+    with open(os.path.join(tmp_path, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    assert all(0.75 < r["data/pack_fill"] <= 1.0 for r in rows)
+    assert rows[-1]["scene_layouts_compiled"] <= 2

@@ -77,6 +77,32 @@ def default_data_config() -> ml_collections.ConfigDict:
         Counts round down to the nearest choice; each must obey ``frame_rule`` and lie in
         [min_frames, max_frames], and min_frames must be one of them.
 
+      pack_tokens: packed sequences (0 = off; needs ragged=True): the token budget of one
+        sequence row. Each row then holds several samples, their scenes concatenated; all B
+        rows of a batch share one *packing plan* (P sample layouts, drawn per batch from
+        (seed, batch index) by first-fit over candidate layouts of the data's layout
+        distribution: see ``m2dit_jax.data.packing``). A sample's tokens = S * text tokens +
+        sum_i latent_frames_i * pack_frame_tokens (latent frames = pixel / patch_t with
+        space_to_depth, (f - 1) // 4 + 1 with frame_rule "4k+1", the stored counts for
+        source="latents"). One sample of the longest layout (S scenes of max_frames; for
+        latents: the longest stored layout) must fit.
+      pack_frame_tokens: model tokens per LATENT frame; required (> 0) when packing. CogVideoX
+        (VAE 8x spatial + patch 2): (height / 8 / 2) * (width / 8 / 2), e.g. 30 * 45 = 1350
+        at 480x720; space_to_depth: (height / patch_s / model patch) * (width / patch_s /
+        model patch).
+      pack_text_tokens: tokens of one caption block (0 = text_len).
+      pack_plans: distinct packing plans (8 by default): the first ones first-fit draws, each
+        batch then uses one of them (uniform from (seed, batch index)). Every plan compiles
+        its own train step, so this bounds the compiles; 0 = a fresh plan per batch (best
+        mix of layouts, but nearly every batch compiles anew).
+
+    Packed batches have the keys of unpacked ones with the P samples' scenes concatenated in
+    plan order (``video``/``latents`` frames, ``captions`` (B, P*S), ``text_embeds`` (B,
+    P*S*T, D), ``text_mask``, ``scene_frames`` (B, P*S), per-scene ``attrs_*``), per-sample
+    scalars stacked to (B, P) (``ids``: one id per packed sample, ``attrs_shape``, ...), and
+    two more: ``sample_scenes`` (B, P) int32 (scenes per packed sample: S) and ``pack_fill``
+    (B,) float32 (real tokens of the row / pack_tokens).
+
     Batch key ``scene_frames`` (B, S) int32, always present: frames of each scene on the frame
     axis of the batch's array (pixel frames of ``video``; latent frames once the video encoder
     made ``latents``, which then also adds ``video_scene_frames``, the pixel counts; the
@@ -121,6 +147,10 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.fps = 0.0
     c.token_budget = 0
     c.frame_choices = ()
+    c.pack_tokens = 0
+    c.pack_frame_tokens = 0
+    c.pack_text_tokens = 0
+    c.pack_plans = 8
     return c
 
 
@@ -157,6 +187,7 @@ def validate_data_config(c) -> None:
         need(c.text_encoder == "none", "text_encoder", "latents shards already hold text embeds")
         need(c.video_encoder == "none", "video_encoder", "latents shards are already encoded")
     _validate_ragged(c, need)
+    _validate_packing(c, need)
     if c.video_encoder == "space_to_depth":
         need(int(c.patch_t) > 0, "patch_t", "must be a positive int")
         if not c.get("ragged", False):
@@ -215,3 +246,29 @@ def _validate_ragged(c, need) -> None:
     )
     if c.source == "manifest" and c.stage == 2:
         need(float(c.fps) > 0, "fps", "ragged stage 2 samples each shot at fps: must be > 0")
+
+
+def _validate_packing(c, need) -> None:
+    # Configs saved before packing existed lack these fields: they mean no packing.
+    if "pack_tokens" not in c:
+        return
+    for field in ("pack_tokens", "pack_frame_tokens", "pack_text_tokens", "pack_plans"):
+        if field not in c:
+            raise ValueError(f"data config field {field!r} is missing (see default_data_config)")
+        need(int(c[field]) >= 0, field, "must be >= 0")
+    if int(c.pack_tokens) == 0:
+        return
+    need(bool(c.get("ragged", False)), "pack_tokens", "packs ragged samples: needs ragged=True")
+    need(int(c.pack_frame_tokens) > 0, "pack_frame_tokens", "must be > 0 when packing")
+    if c.source == "latents":
+        return  # the stored layouts are checked against the budget when the source is read
+    from m2dit_jax.data.packing import PackSpec
+
+    spec = PackSpec.from_config(c)
+    longest = spec.padded_tokens()
+    need(
+        longest <= int(c.pack_tokens),
+        "pack_tokens",
+        f"cannot hold one sample of the longest layout ({int(c.num_scenes)} scenes of "
+        f"max_frames={int(c.max_frames)}: {longest} tokens)",
+    )

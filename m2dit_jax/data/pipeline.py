@@ -23,6 +23,16 @@ its array (equal rows). Ragged scenes (``ragged=True``) bucket samples of equal 
   ``batch_size`` units of that layout's stream (its units, reshuffled per pass from (seed,
   layout, pass)). Neither draw depends on the process, so every process of a job agrees on
   each step's layout. An epoch is ``units // (batch_size * process_count)`` batches.
+
+Packed sequences (``pack_tokens`` > 0, ragged only; ``PackedLoader``): batch k has a packing
+plan of P sample layouts (``m2dit_jax.data.packing``, from (seed, k) only, so all processes
+and workers agree) and every row holds P samples, the j-th of layout plan[j], loaded as an
+unpacked sample of that layout would be: draw-mode sources take the next samples of the
+shuffled unit stream (samples are counted across batches, so an epoch uses every unit once),
+bucketed sources the next units of that layout's stream. The samples' scenes are
+concatenated in plan order (``scene_frames`` (B, P*S)); ``sample_scenes`` (B, P) and
+``pack_fill`` (B,) are added and ``ids`` is (B, P). An epoch is the batches whose samples
+fit in one pass over the units.
 """
 
 from __future__ import annotations
@@ -149,8 +159,9 @@ class EncodeStage:
             b, sf = video.shape[:2]
             pixel = batch["scene_frames"]
             layout = _batch_layout(pixel, sf)
-            if len(set(layout)) == 1:
-                scenes = video.reshape(b * self.num_scenes, sf // self.num_scenes, *video.shape[2:])
+            if len(set(layout)) == 1:  # len(layout): S scenes, or P * S when packed
+                n = len(layout)
+                scenes = video.reshape(b * n, sf // n, *video.shape[2:])
                 lat = self._video_encoder.encode(scenes)
                 batch["latents"] = lat.reshape(b, -1, *lat.shape[2:])
             else:  # ragged: encode each scene alone, concatenate along the frame axis
@@ -220,6 +231,10 @@ class LayoutBuckets:
                 at = self._order(layout_id, epoch)[at]
             out[n] = members[at]
         return out
+
+    def units_at(self, layout_id: int, positions: np.ndarray) -> np.ndarray:
+        """Global units at ``positions`` of layout ``layout_id``'s stream (packed batches)."""
+        return self._stream(layout_id, np.asarray(positions, np.int64))
 
     def _order(self, layout_id: int, epoch: int) -> np.ndarray:
         key = (layout_id, epoch)
@@ -385,6 +400,15 @@ def make_dataset(
     if not 0 <= process_index < process_count:
         raise ValueError(f"process_index={process_index} not in [0, process_count={process_count})")
     source = build_source(config, process_index=process_index, process_count=process_count)
+    if int(config.get("pack_tokens", 0)) > 0:
+        return _packed_dataset(
+            source,
+            config,
+            seed=seed,
+            process_index=process_index,
+            process_count=process_count,
+            batch_size=batch_size,
+        )
     if bool(config.get("ragged", False)) and getattr(source, "unit_layouts", None) is not None:
         return _bucketed_dataset(
             source,
@@ -435,6 +459,144 @@ def _bucketed_dataset(source, config, *, seed, process_index, process_count, bat
         process_count=process_count,
         buckets=buckets,
     )
+    return _finish(ds.map_with_index(loader), config, source)
+
+
+def _concat_samples(examples: list[dict[str, Any]]) -> dict[str, Any]:
+    """The P samples of one packed row -> one example: per-scene / frame arrays concatenated
+    in plan order, per-sample scalars (``id``, ``attrs_shape``, ...) stacked to (P,)."""
+    out = {}
+    for key in examples[0]:
+        values = [e[key] for e in examples]
+        if np.ndim(values[0]) == 0:
+            if isinstance(values[0], str):
+                arr = np.empty(len(values), dtype=object)
+                arr[:] = values
+                out[key] = arr
+            else:
+                out[key] = np.stack([np.asarray(v) for v in values])
+        else:
+            out[key] = np.concatenate([np.asarray(v) for v in values], axis=0)
+    return out
+
+
+class PackedLoader:
+    """(batch position, ignored) -> one packed batch (``pack_tokens`` > 0).
+
+    Batch k's plan (``PackPlanner``) is a pure function of (seed, k); sample j of row r is
+    loaded exactly as an unpacked sample of layout plan[j]: draw mode (``units`` given: the
+    seeded, per-epoch reshuffled stream of this process's units, ``units_per_sample`` each)
+    renders / decodes the stream's next sample with that layout; bucketed mode takes the
+    next unit of that layout's stream (``LayoutBuckets``). Row-major order: the n-th sample
+    of batch k is row n // P, slot n % P, and the stream positions continue across batches.
+    """
+
+    def __init__(self, inner: BatchLoader, planner, spec, *, batch_size, units=None):
+        self.inner, self.planner, self.spec = inner, planner, spec
+        self.batch_size, self.units = int(batch_size), units
+        self.per_sample = inner.source.units_per_sample
+
+    def _draw_units(self, m: int) -> list[int]:
+        return [int(self.units[m * self.per_sample + i]) for i in range(self.per_sample)]
+
+    def __call__(self, batch_index: int, _ignored=None) -> dict[str, np.ndarray]:
+        skips = np.zeros(len(SKIP_REASONS), np.int64)
+        keys = self.planner.plan(batch_index)
+        layouts = [self.planner.layout_of(key) for key in keys]
+        p, b = len(keys), self.batch_size
+        first = self.planner.samples_before(batch_index) * b  # samples before this batch
+        buckets = self.inner.buckets
+        if buckets is not None:
+            before = self.planner.counts_before(batch_index) * b
+            per_plan = {key: keys.count(key) for key in set(keys)}
+            earlier = [keys[:j].count(key) for j, key in enumerate(keys)]
+        rows = []
+        for r in range(b):
+            examples = []
+            for j, (key, layout) in enumerate(zip(keys, layouts)):
+                m = first + r * p + j
+                if buckets is None:
+                    example = self.inner.load_one(m, self._draw_units(m), skips, layout)
+                else:
+                    at = before[key] + r * per_plan[key] + earlier[j]
+                    unit = buckets.units_at(key, np.array([at]))
+                    example = self.inner.load_one(m, unit, skips, None, key)
+                if tuple(int(f) for f in example["scene_frames"]) != layout:
+                    raise ValueError(
+                        f"a sample has scene_frames {tuple(example['scene_frames'])}, its "
+                        f"packing plan slot {layout}"
+                    )
+                examples.append(example)
+            rows.append(_concat_samples(examples))
+        batch = _stack(rows)
+        batch["ids"] = batch.pop("id")
+        batch["sample_scenes"] = np.array(
+            [[len(layout) for layout in layouts]] * b, np.int32
+        ).reshape(b, p)
+        fill = self.spec.plan_tokens(layouts) / self.spec.budget
+        batch["pack_fill"] = np.full(b, fill, np.float32)
+        frames_axis = batch["latents" if "latents" in batch else "video"].shape[1]
+        _batch_layout(batch["scene_frames"], frames_axis)
+        batch = self.inner.encode(batch)
+        batch[SKIPS_KEY] = skips
+        return batch
+
+
+def _packed_dataset(source, config, *, seed, process_index, process_count, batch_size):
+    """Packed rows (``pack_tokens`` > 0): see ``PackedLoader`` and ``m2dit_jax.data.packing``."""
+    from m2dit_jax.data.packing import PackSpec, bucket_planner, draw_planner
+
+    epochs = int(config.num_epochs)
+    buckets = units = None
+    if getattr(source, "unit_layouts", None) is not None:
+        buckets = LayoutBuckets(
+            source.unit_layouts,
+            seed=seed,
+            process_index=process_index,
+            process_count=process_count,
+            batch_size=batch_size,
+            shuffle=bool(config.shuffle),
+        )
+        spec = PackSpec.from_config(config)
+        shapes = getattr(source, "_shapes", None)
+        if config.source == "latents" and shapes is not None and len(shapes[2]) == 3:
+            stored = int(shapes[2][1])
+            if spec.text_tokens != stored:
+                raise ValueError(
+                    f"data config field 'pack_text_tokens': the latents records hold {stored} "
+                    f"text tokens per scene, the packing counts {spec.text_tokens} "
+                    "(set pack_text_tokens to the stored count)"
+                )
+        planner = bucket_planner(
+            buckets.layouts, buckets.probs, spec, seed=seed, vocabulary=int(config.pack_plans)
+        )
+        units_per_epoch = int(buckets.global_counts.sum()) // process_count
+    else:
+        num_local = local_unit_count(source.num_units, process_index, process_count)
+        per_sample = source.units_per_sample
+        if num_local < per_sample:
+            raise ValueError(
+                f"process {process_index}/{process_count} owns {num_local} units of "
+                f"{config.source!r}, fewer than one sample needs ({per_sample})"
+            )
+        units = grain.MapDataset.range(num_local)
+        if config.shuffle:
+            units = units.shuffle(seed=seed % 2**32)
+        units = units.repeat(None)
+        planner = draw_planner(config, seed=seed, vocabulary=int(config.pack_plans))
+        spec = planner.spec
+        units_per_epoch = num_local // per_sample
+    per_epoch = planner.batches_within(units_per_epoch // batch_size) if epochs else 1
+    inner = BatchLoader(
+        source,
+        config,
+        seed=seed,
+        process_index=process_index,
+        process_count=process_count,
+        buckets=buckets,
+    )
+    loader = PackedLoader(inner, planner, spec, batch_size=batch_size, units=units)
+    ds = grain.MapDataset.range(per_epoch).repeat(None if epochs == 0 else epochs)
     return _finish(ds.map_with_index(loader), config, source)
 
 
