@@ -147,6 +147,19 @@ def _lse_merge_attention(q, k, v, layout, *, scale, attend) -> jax.Array:
     return jnp.concatenate([_flat(text), _flat(results["video"])], axis=1).astype(q.dtype)
 
 
+def _checkpointed_scene_video(fused: Callable) -> Callable:
+    """One scene's video queries over [its caption ; the video it sees], one fused call under
+    ``jax.checkpoint`` (only one such key copy is alive at a time, forward and backward)."""
+
+    @jax.checkpoint
+    def scene_video(queries, text_k, text_v, all_k, all_v):
+        keys = jnp.concatenate([text_k, all_k], axis=1)
+        values = jnp.concatenate([text_v, all_v], axis=1)
+        return fused(queries, keys, values)
+
+    return scene_video
+
+
 def _two_call_attention(q, k, v, layout, *, scale, implementation) -> jax.Array:
     b, s = q.shape[0], layout.num_scenes
     gq, gk, gv = _Groups(q, layout), _Groups(k, layout), _Groups(v, layout)
@@ -179,11 +192,7 @@ def _two_call_attention(q, k, v, layout, *, scale, implementation) -> jax.Array:
             else:
                 n, cond_k, cond_v = 0, all_k, all_v
 
-            @jax.checkpoint
-            def scene_video(queries, text_k, text_v, all_k, all_v):
-                keys = jnp.concatenate([text_k, all_k], axis=1)
-                values = jnp.concatenate([text_v, all_v], axis=1)
-                return fused(queries, keys, values)
+            scene_video = _checkpointed_scene_video(fused)
 
             video = jnp.stack(
                 [
@@ -331,11 +340,7 @@ def _ragged_two_call_attention(q, k, v, layout, *, scale, implementation) -> jax
             else:
                 n, cond_k, cond_v = 0, None, None
 
-            @jax.checkpoint
-            def scene_video(queries, text_k, text_v, all_k, all_v):
-                keys = jnp.concatenate([text_k, all_k], axis=1)
-                values = jnp.concatenate([text_v, all_v], axis=1)
-                return fused(queries, keys, values)
+            scene_video = _checkpointed_scene_video(fused)
 
             video = jnp.concatenate(
                 [

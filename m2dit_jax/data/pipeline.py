@@ -338,6 +338,18 @@ class BatchLoader:
         return batch
 
 
+def _local_units(source, config, process_index: int, process_count: int) -> tuple[int, int]:
+    """(units this process owns, units per sample); raises when they make no sample."""
+    num_local = local_unit_count(source.num_units, process_index, process_count)
+    per_sample = source.units_per_sample
+    if num_local < per_sample:
+        raise ValueError(
+            f"process {process_index}/{process_count} owns {num_local} units of "
+            f"{config.source!r}, fewer than one sample needs ({per_sample})"
+        )
+    return num_local, per_sample
+
+
 def local_unit_count(num_units: int, process_index: int, process_count: int) -> int:
     """Units owned by one process: global units process_index, process_index + count, ..."""
     return max(0, -(-(num_units - process_index) // process_count))
@@ -418,13 +430,7 @@ def make_dataset(
             process_count=process_count,
             batch_size=batch_size,
         )
-    num_local = local_unit_count(source.num_units, process_index, process_count)
-    per_sample = source.units_per_sample
-    if num_local < per_sample:
-        raise ValueError(
-            f"process {process_index}/{process_count} owns {num_local} units of "
-            f"{config.source!r}, fewer than one sample needs ({per_sample})"
-        )
+    num_local, per_sample = _local_units(source, config, process_index, process_count)
     ds = grain.MapDataset.range(num_local)
     if config.shuffle:
         ds = ds.shuffle(seed=seed % 2**32)
@@ -572,13 +578,7 @@ def _packed_dataset(source, config, *, seed, process_index, process_count, batch
         )
         units_per_epoch = int(buckets.global_counts.sum()) // process_count
     else:
-        num_local = local_unit_count(source.num_units, process_index, process_count)
-        per_sample = source.units_per_sample
-        if num_local < per_sample:
-            raise ValueError(
-                f"process {process_index}/{process_count} owns {num_local} units of "
-                f"{config.source!r}, fewer than one sample needs ({per_sample})"
-            )
+        num_local, per_sample = _local_units(source, config, process_index, process_count)
         units = grain.MapDataset.range(num_local)
         if config.shuffle:
             units = units.shuffle(seed=seed % 2**32)
