@@ -201,6 +201,17 @@ def test_splash_ragged_random_layout(layout):
     _check(layout, _backend(layout, "splash", interpret=True), q, k, v)
 
 
+def test_splash_packed_interpret_and_skipped_blocks():
+    # two packed samples: scenes (4, 1) and (2,) frames; the cross-sample tiles are skipped
+    layout = SceneLayout(3, 13, (4, 1, 2), 3, 4, text_pad_to=8, samples=(2, 1))
+    q, k, v = random_qkv(layout, batch=1, seed=7)
+    _check(layout, _backend(layout, "splash", interpret=True, block_q=128, block_kv=128), q, k, v)
+    big = SceneLayout(4, 13, (4, 4, 4, 4), 8, 8, text_pad_to=8, samples=(2, 2))
+    assert block_statistics(big, 128, 128)["empty"] > 0.25  # 29.6%: cross-sample video tiles
+    one = SceneLayout(4, 13, (4, 4, 4, 4), 8, 8, text_pad_to=8)
+    assert block_statistics(one, 128, 128)["empty"] < block_statistics(big, 128, 128)["empty"]
+
+
 def test_splash_block_statistics_ragged():
     ragged = SceneLayout(3, 13, (6, 2, 4), 8, 8, text_pad_to=8)
     equal = SceneLayout(3, 13, 4, 8, 8, text_pad_to=8)
@@ -221,8 +232,11 @@ CP_LAYOUT = SceneLayout(3, 5, (1, 3, 2), 2, 2, text_pad_to=8)
     [("split", {"impl": "chunked", "block_q": 16, "block_kv": 16}), ("xla", {})],
     ids=["split-chunked", "xla"],
 )  # fmt: skip
-def test_context_parallel_ragged(backend, opts):
+@pytest.mark.parametrize("packed", [False, True], ids=["one-sample", "packed"])
+def test_context_parallel_ragged(backend, opts, packed):
     layout, context = CP_LAYOUT, 4
+    if packed:  # the same tokens as two packed samples: (1, 3) frames and (2,)
+        layout = SceneLayout(3, 5, (1, 3, 2), 2, 2, text_pad_to=8, samples=(2, 1))
     shard = layout.seq_len // context
     cuts = [i * layout.text_block for i in range(1, 3)] + list(layout.video_starts[1:])
     assert all(c % shard for c in cuts)
