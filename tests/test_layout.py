@@ -143,7 +143,11 @@ ragged_packed = st.builds(
         samples=tuple(split(len(frames))),
     ),
     frames=st.lists(st.integers(1, 3), min_size=1, max_size=5),
-    split=st.sampled_from([lambda n: (n,), lambda n: (1,) * n, lambda n: (n // 2, n - n // 2) if n > 1 else (n,)]),
+    split=st.sampled_from([
+        lambda n: (n,),
+        lambda n: (1,) * n,
+        lambda n: (n // 2, n - n // 2) if n > 1 else (n,),
+    ]),
     text_len=st.sampled_from([1, 3, 7]),
     gh=st.integers(1, 3),
     gw=st.integers(1, 3),

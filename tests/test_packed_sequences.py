@@ -78,7 +78,8 @@ def test_packed_mask2_and_training_step():
 
     def loss(m):
         return loss_fn(m, batch, jax.random.key(1), schedule=CogVideoXSchedule.create(),
-                       num_scenes=3, p_cond=0.5, scene_frames=FRAMES, samples=SAMPLES)[0]  # fmt: skip
+                       num_scenes=3, p_cond=0.5, scene_frames=FRAMES,
+                       samples=SAMPLES)[0]  # fmt: skip
 
     value, grads = nnx.value_and_grad(loss)(model)
     assert np.isfinite(float(value))
