@@ -112,16 +112,13 @@ def describe_scenes(scene_frames: Sequence[int]) -> str:
     return f"{len(counts)} scenes of {', '.join(str(c) for c in counts)} frames"
 
 
-def output_scene_frames(pipeline, video, expected: Sequence[int]) -> list[int]:
-    """The per-scene pixel frames of a sampled ``video``: ``expected`` (what was asked for),
-    or, should the autoencoder decode another count, the frames each scene's latents decode
-    to; a ValueError when neither adds up to the video's frames."""
+def output_scene_frames(video, expected: Sequence[int]) -> list[int]:
+    """The per-scene pixel frames of a sampled ``video``: ``expected`` (the pipeline accepts
+    only lengths that round-trip through the autoencoder); a ValueError when they do not add
+    up to the video's frames."""
     counts = [int(c) for c in expected]
     if sum(counts) == len(video):
         return counts
-    decoded = [pipeline.pixel_frames_of(pipeline.latent_frames_of(c)) for c in counts]
-    if sum(decoded) == len(video):
-        return decoded
     raise ValueError(
         f"the sampled video has {len(video)} frames, not the {sum(counts)} of its scenes {counts}"
     )
@@ -416,7 +413,7 @@ def _run(args: argparse.Namespace) -> list[str]:
         video = pipeline.generate(script, cache_conditions=args.cache_conditions)
         captions = script.captions
         expected = list(new_frames)
-    scene_frames = output_scene_frames(pipeline, video, expected)
+    scene_frames = output_scene_frames(video, expected)
     seconds = time.perf_counter() - start
     is_bundle = pipeline.meta.get("format") == "m2dit_bundle"
     scale = args.scale if args.scale is not None else (4 if is_bundle else 1)

@@ -366,6 +366,14 @@ def test_latents_source_buckets_ragged_records(tmp_path):
     batches = list(equal)
     assert all(b["ids"][0] in {r.id for r in records[1::3]} for b in batches)
     assert equal.skip_counts()["bad_record"] >= 1
+    # A record of the wrong scene count is skipped and counted, or with strict=True an error
+    two = _latent_record(99, (1, 2), np.random.default_rng(1), scenes=2)
+    write_latent_shard(tmp_path / "s.array_record-00001", [two])
+    lenient = make_dataset(config, seed=0, batch_size=2)
+    assert lenient.skip_counts()["bad_record"] == 1
+    with pytest.raises(ValueError, match="latents record .*2 scenes, num_scenes=3"):
+        make_dataset(_config(source="latents", path=str(tmp_path), strict=True), seed=0,
+                     batch_size=2)  # fmt: skip
 
 
 # ----------------------------------------------------------------------- precompute

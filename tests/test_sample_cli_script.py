@@ -70,12 +70,6 @@ class _FakePipeline:
     def scene_pixel_frames(self, script):
         return tuple(s.frames or self.video.frames for s in script.scenes)
 
-    def latent_frames_of(self, frames):
-        return frames
-
-    def pixel_frames_of(self, latent_frames):
-        return latent_frames
-
     def prepare_captions(self, captions):
         pass
 

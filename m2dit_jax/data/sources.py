@@ -70,6 +70,7 @@ class LatentsSampleSource:
         self.num_units = len(self.records)
         self.num_scenes = int(config.num_scenes)
         self.ragged = bool(config.get("ragged", False))
+        self.strict = bool(config.strict)
         self.initial_skips = empty_counts()
         self._shapes = self._reference_shapes()
         self.unit_layouts = self._scan_layouts() if self.ragged else None
@@ -98,12 +99,14 @@ class LatentsSampleSource:
         layouts = []
         for i in range(self.num_units):
             try:
-                frames = record_scene_frames(self.records[i])
-            except LatentFormatError:
-                frames = None
+                frames, why = record_scene_frames(self.records[i]), ""
+            except LatentFormatError as err:
+                frames, why = None, str(err)
             if frames is not None and len(frames) != self.num_scenes:
-                frames = None
+                frames, why = None, f"{len(frames)} scenes, num_scenes={self.num_scenes}"
             if frames is None:
+                if self.strict:
+                    raise ValueError(f"latents record {i} of {self.records.paths}: {why}")
                 self.initial_skips["bad_record"] += 1
             layouts.append(frames)
         return layouts

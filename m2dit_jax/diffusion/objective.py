@@ -339,7 +339,18 @@ def sample_packed_generate_mask(
     return jnp.where(is_cond[:, scene_sample], jnp.asarray(last)[None], True)
 
 
-def _packed_options(samples, num_scenes, target_scene, cond_mask_mode, scene_frames, frames):
+def _packed_generate_mask(batch, key, b: int, samples, p_cond: float) -> jax.Array:
+    """The batch's own ``cond`` (B, S of the row) when it carries one, else sampled per
+    packed sample (``sample_packed_generate_mask``)."""
+    if batch.get("cond") is not None:
+        gen = batch["cond"]
+        if not isinstance(gen, jax.core.Tracer):
+            check_generate_mask(gen, sum(samples))
+        return jnp.asarray(gen).astype(bool)
+    return sample_packed_generate_mask(key, b, tuple(samples), p_cond=p_cond)
+
+
+def _packed_options(samples, target_scene, cond_mask_mode, scene_frames, frames):
     """Checks a packed batch's options; returns (S of the row, scene_frames tuple)."""
     sizes = tuple(int(n) for n in samples)
     if target_scene != "last" or cond_mask_mode != "mask2dit":
@@ -411,11 +422,11 @@ def eval_loss_fn(
     noise = jax.random.normal(stream(key, "noise"), latents.shape, jnp.float32)
     if samples is not None:
         n, frames = _packed_options(
-            samples, num_scenes, target_scene, cond_mask_mode, scene_frames, latents.shape[1]
+            samples, target_scene, cond_mask_mode, scene_frames, latents.shape[1]
         )
         p = len(samples)
         t = jnp.floor((jnp.arange(b * p) + 0.5) * n_t / (b * p)).astype(jnp.int32)
-        gen = sample_packed_generate_mask(stream(key, "mask2"), b, samples, p_cond=p_cond)
+        gen = _packed_generate_mask(batch, stream(key, "mask2"), b, samples, p_cond)
         return diffusion_loss(
             model, latents, jnp.asarray(batch["text_embeds"]).astype(jnp.float32), noise,
             t.reshape(b, p), gen, schedule=schedule, num_scenes=n, scene_frames=frames,
@@ -491,14 +502,14 @@ def loss_fn(
     b = latents.shape[0]
     if samples is not None:
         n, frames = _packed_options(
-            samples, num_scenes, target_scene, cond_mask_mode, scene_frames, latents.shape[1]
+            samples, target_scene, cond_mask_mode, scene_frames, latents.shape[1]
         )
         shape = (b, len(samples))
         t = jax.random.randint(
             stream(rng, "timesteps"), shape, 0, schedule.num_train_timesteps, dtype=jnp.int32
         )
         noise = jax.random.normal(stream(rng, "noise"), latents.shape, jnp.float32)
-        gen = sample_packed_generate_mask(stream(rng, "mask2"), b, samples, p_cond=p_cond)
+        gen = _packed_generate_mask(batch, stream(rng, "mask2"), b, samples, p_cond)
         text = jnp.asarray(batch["text_embeds"]).astype(jnp.float32)
         text = _drop_captions(text, stream(rng, "caption_dropout"), n, caption_dropout)
         return diffusion_loss(

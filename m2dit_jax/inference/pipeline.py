@@ -356,10 +356,6 @@ class SamplingPipeline:
             )
         return latent
 
-    def pixel_frames_of(self, latent_frames: int) -> int:
-        """Pixel frames that a scene of ``latent_frames`` latent frames decodes to."""
-        return int(self.autoencoder.decoded_frames(int(latent_frames)))
-
     def scene_pixel_frames(self, script: SampleScript) -> tuple[int, ...]:
         """Pixel frames of each scene of ``script``: its ``frames``, its ``seconds`` at the
         video's fps snapped to the nearest count the autoencoder accepts (ties: the shorter),

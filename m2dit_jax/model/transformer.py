@@ -167,21 +167,7 @@ class Mask2DiT(nnx.Module):
         if isinstance(num_scenes, bool) or not isinstance(num_scenes, int) or num_scenes <= 0:
             raise ValueError(f"num_scenes must be a positive int, got {num_scenes!r}")
         if scene_frames is not None:
-            per_scene = tuple(scene_frames)
-            if len(per_scene) != num_scenes or any(
-                isinstance(f, bool) or not isinstance(f, (int, np.integer)) or f <= 0
-                for f in per_scene
-            ):
-                raise ValueError(
-                    f"scene_frames must be {num_scenes} positive ints (one per scene), got "
-                    f"{scene_frames!r}"
-                )
-            if sum(per_scene) != frames:
-                raise ValueError(
-                    f"scene_frames {per_scene} sum to {sum(per_scene)} latent frames but the "
-                    f"latents have {frames} (axis 1)"
-                )
-            scene_len = tuple(int(f) for f in per_scene)
+            scene_len = tuple(scene_frames)  # checked by SceneLayout, their sum below
         elif frames % num_scenes:
             raise ValueError(
                 f"latent frames {frames} (axis 1) are not divisible by num_scenes={num_scenes}; "
@@ -200,7 +186,7 @@ class Mask2DiT(nnx.Module):
                 f"causal_conditions={k} refines mask 1 and needs model mask_mode='mask2dit', "
                 f"got {self.config.mask_mode!r}"
             )
-        return SceneLayout(
+        layout = SceneLayout(
             num_scenes,
             int(text_len if text_len is not None else self.config.text_len),
             scene_len,
@@ -211,6 +197,12 @@ class Mask2DiT(nnx.Module):
             num_conditions=int(k),
             samples=None if samples is None else tuple(int(n) for n in samples),
         )
+        if layout.total_frames != frames:
+            raise ValueError(
+                f"scene_frames {layout.scene_frames} sum to {layout.total_frames} latent frames "
+                f"but the latents have {frames} (axis 1)"
+            )
+        return layout
 
     # ------------------------------------------------------------------ positions
     def _rope(self, layout: SceneLayout):
