@@ -97,6 +97,86 @@ def write_samples(
     return paths
 
 
+# Contact-sheet titles of the ablation comparison rows (m2dit_jax.ablation, mask modes).
+ABLATION_TITLES = {
+    "mask2dit": "Mask²DiT (mask 1)",
+    "full": "no mask (full attention)",
+    "independent": "independent scenes",
+}
+ABLATION_COMMAND = "python benchmarks/ablation.py --out {out} --seeds 0 --variants full independent"
+
+
+def ablation_sheet_rows(
+    bundles: dict[str, str],
+    *,
+    spec,
+    scripts: list,
+    videos,
+    sampler,
+    batch_size: int,
+    num_scripts: int = 2,
+    main_bundle: str | None = None,
+) -> tuple[list, list[list[str]], list[str], dict[str, Any]]:
+    """Contact-sheet rows comparing Mask²DiT with the ablation models on the same scripts.
+
+    ``bundles``: {mode: bundle_dir} (``m2dit_jax.ablation.find_ablation_bundles``). For each of
+    the first ``num_scripts`` ``scripts``: the Mask²DiT row (``videos[i]``, the demo's own
+    sample), then one row per ablation bundle, sampled with the same captions, the same
+    ``sampler`` and the same initial noise (the first rows of what the demo drew for its
+    ``batch_size`` videos). Raises ValueError when a bundle's video spec (frames / height /
+    width / num_scenes) differs from ``spec``. Returns (videos, captions, titles, record) with
+    ``record`` = the bundles used and every row's per-scene detected attributes.
+    """
+    from m2dit_jax.diffusion.generation import initial_noise
+    from m2dit_jax.eval import synthetic_metrics
+    from m2dit_jax.inference.bundle import load_bundle
+    from m2dit_jax.inference.pipeline import SamplingPipeline
+
+    n = min(num_scripts, len(scripts))
+    if n > batch_size or n > len(videos):
+        raise ValueError(f"need {n} demo samples of a batch of >= {n}, got batch_size={batch_size}")
+    keys = ("frames", "height", "width", "num_scenes")
+    want = {k: getattr(spec, k) for k in keys}
+    pipelines = {}
+    for mode, path in bundles.items():
+        pipe = SamplingPipeline.from_bundle(load_bundle(path))
+        got = {k: getattr(pipe.video, k) for k in keys}
+        if got != want:
+            raise ValueError(
+                f"ablation bundle {path} ({mode}) has video spec {got}, the demo bundle "
+                f"{main_bundle or '(main)'} has {want}: retrain it with the demo's config"
+            )
+        pipelines[mode] = pipe
+    captions = [s.captions() for s in scripts[:n]]
+    samples = {"mask2dit": list(videos[:n])}
+    for mode, pipe in pipelines.items():
+        lat = pipe.latent_shape
+        shape = (batch_size, spec.num_scenes * lat[0], *lat[1:])
+        noise = initial_noise(sampler.seed, shape)[:n]
+        samples[mode] = list(
+            pipe.decode_latents(pipe.sample_latents(captions, sampler, noise=noise))
+        )
+    paths = {"mask2dit": main_bundle, **bundles}
+    rows_videos, rows_captions, rows_titles, rows_scripts, rows_meta = [], [], [], [], []
+    for i in range(n):
+        for mode in samples:
+            name = f"script_{i:02d}"
+            rows_videos.append(samples[mode][i])
+            rows_captions.append(captions[i])
+            rows_titles.append(f"{name}: {ABLATION_TITLES[mode]}")
+            rows_scripts.append(scripts[i])
+            rows_meta.append({"script": name, "model": mode, "bundle": paths[mode]})
+    _, scored = synthetic_metrics.score_videos(rows_videos, rows_scripts)
+    record = {
+        "bundles": dict(bundles),
+        "rows": [
+            {**meta, "title": title, "captions": caps, "scenes": [r["detected"] for r in rows]}
+            for meta, title, caps, rows in zip(rows_meta, rows_titles, rows_captions, scored)
+        ],
+    }
+    return rows_videos, rows_captions, rows_titles, record
+
+
 def run_demo(
     workdir: str,
     *,
@@ -107,11 +187,16 @@ def run_demo(
     seed: int = 0,
     overrides: dict[str, Any] | None = None,
     scale: int = 4,
+    ablation_dir: str | None = None,
 ) -> dict[str, Any]:
-    """The whole demo; returns what it writes to ``eval.json``."""
+    """The whole demo; returns what it writes to ``eval.json``.
+
+    ``ablation_dir`` (default ``WORKDIR/ablation``): where ``benchmarks/ablation.py`` put its
+    runs; when "full" / "independent" bundles exist there, the contact sheet adds rows comparing
+    them with Mask²DiT on the first two held-out scripts."""
     from launch import export as export_cli
     from m2dit_jax import media
-    from m2dit_jax.ablation import last_logged_loss
+    from m2dit_jax.ablation import find_ablation_bundles, last_logged_loss
     from m2dit_jax.data.synthetic_shapes import (
         ShapesGeometry,
         render_script,
@@ -195,6 +280,31 @@ def run_demo(
         f"{n} (= script_{i:02d}'s first 3 scenes + 2 extended scenes)"
         for i, n in enumerate(ext_names)
     ]
+    ablation_dir = os.path.join(workdir, "ablation") if ablation_dir is None else ablation_dir
+    ablation_bundles = find_ablation_bundles(ablation_dir)
+    ablation_record: dict[str, Any] = {"ablation_dir": ablation_dir, "bundles": {}, "rows": []}
+    if ablation_bundles:
+        print(f"      sampling 2 scripts with the ablation bundles {sorted(ablation_bundles)}")
+        t0 = time.perf_counter()
+        abl_videos, abl_captions, abl_titles, found = ablation_sheet_rows(
+            ablation_bundles,
+            spec=spec,
+            scripts=scripts,
+            videos=videos,
+            sampler=sampler,
+            batch_size=len(captions),
+            main_bundle=bundle_dir,
+        )
+        timings["ablation_s"] = time.perf_counter() - t0
+        ablation_record.update(found)
+        sheet_videos += abl_videos
+        sheet_captions += abl_captions
+        sheet_titles += abl_titles
+    else:
+        print(
+            f"contact sheet: no ablation rows (no full/independent bundles in {ablation_dir}); "
+            f"to add them run `{ABLATION_COMMAND.format(out=ablation_dir)}` and re-run the demo"
+        )
     media.write_contact_sheet(
         os.path.join(workdir, "contact_sheet.png"),
         sheet_videos,
@@ -232,6 +342,7 @@ def run_demo(
             {"captions": s.captions(), "new_scenes": [r["detected"] for r in rows]}
             for s, rows in zip(long_scripts[:ext_saved], extended_rows[:ext_saved])
         ],
+        "ablation_rows": ablation_record,
     }
     with open(os.path.join(workdir, "eval.json"), "w") as f:
         json.dump(report, f, indent=2)
@@ -277,6 +388,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--sample_steps", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--ablation_dir",
+        default=None,
+        help="benchmarks/ablation.py --out folder whose full/independent bundles add "
+        "comparison rows to the contact sheet (default: WORKDIR/ablation)",
+    )
+    parser.add_argument(
         "--set",
         type=_parse_override,
         action="append",
@@ -293,6 +410,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         sample_steps=args.sample_steps,
         seed=args.seed,
         overrides=dict(args.set),
+        ablation_dir=args.ablation_dir,
     )
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -112,6 +113,34 @@ def run_variant(
     with open(result_path, "w") as f:
         json.dump(result, f, indent=2)
     return result
+
+
+ABLATION_VARIANTS = ("full", "independent")
+
+
+def find_ablation_bundles(ablation_dir: str) -> dict[str, str]:
+    """The exported ablation bundles under ``ablation_dir`` -> {mode: bundle_dir}.
+
+    Looks for what ``benchmarks/ablation.py --out ABLATION_DIR`` writes: one folder
+    ``<mode>_s<seed>`` per run, holding ``bundle/`` once the run is exported. Returns the
+    "full" and "independent" variants (in that order) that have one, each from the lowest seed
+    with a ``bundle/``; {} when ``ablation_dir`` does not exist or holds none.
+    """
+    if not os.path.isdir(ablation_dir):
+        return {}
+    pattern = re.compile(r"^(?P<mode>.+)_s(?P<seed>\d+)$")
+    best: dict[str, tuple[int, str]] = {}
+    for name in os.listdir(ablation_dir):
+        match = pattern.match(name)
+        if not match or match["mode"] not in ABLATION_VARIANTS:
+            continue
+        bundle_dir = os.path.join(ablation_dir, name, "bundle")
+        seed = int(match["seed"])
+        if os.path.isdir(bundle_dir) and (
+            match["mode"] not in best or seed < best[match["mode"]][0]
+        ):
+            best[match["mode"]] = (seed, bundle_dir)
+    return {mode: best[mode][1] for mode in ABLATION_VARIANTS if mode in best}
 
 
 def last_logged_loss(workdir: str) -> float | None:

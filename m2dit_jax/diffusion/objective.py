@@ -22,6 +22,7 @@ equal scenes this is the mean of the per-scene errors, the formula used there).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -35,6 +36,8 @@ from m2dit_jax.rng import stream
 
 TARGET_SCENES = ("last", "random")
 COND_MASK_MODES = ("mask2dit", "causal_conditions")
+TIMESTEP_SAMPLINGS = ("uniform", "logit_normal")
+LOSS_WEIGHTINGS = ("none", "min_snr")
 
 Denoiser = Callable[..., jax.Array]
 
@@ -140,6 +143,64 @@ def _check_causal_mask(gen, num_scenes: int) -> None:
         )
 
 
+def sample_timesteps(
+    key: jax.Array,
+    shape: tuple[int, ...],
+    num_train_timesteps: int,
+    *,
+    sampling: str = "uniform",
+    logit_mean: float = 0.0,
+    logit_std: float = 1.0,
+) -> jax.Array:
+    """Training timesteps, int32 of ``shape``, in [0, num_train_timesteps).
+
+    ``"uniform"``: t ~ U{0..T-1} (CogVideoX / the release). ``"logit_normal"`` (SD3's
+    logit-normal density): t = floor(T * sigmoid(logit_mean + logit_std * z)), z ~ N(0, 1),
+    which spends fewer steps at the nearly clean and the nearly pure-noise ends.
+    """
+    check_timestep_sampling(sampling, logit_std)
+    if sampling == "uniform":
+        return jax.random.randint(key, shape, 0, num_train_timesteps, dtype=jnp.int32)
+    u = jax.nn.sigmoid(logit_mean + logit_std * jax.random.normal(key, shape, jnp.float32))
+    t = jnp.floor(u * num_train_timesteps).astype(jnp.int32)
+    return jnp.clip(t, 0, num_train_timesteps - 1)
+
+
+def check_timestep_sampling(sampling: str, logit_std: float = 1.0) -> None:
+    if sampling not in TIMESTEP_SAMPLINGS:
+        raise ValueError(f"timestep_sampling must be one of {TIMESTEP_SAMPLINGS}, got {sampling!r}")
+    if sampling == "logit_normal" and not logit_std > 0:
+        raise ValueError(f"logit_std must be > 0 for logit_normal timesteps, got {logit_std}")
+
+
+def check_loss_weighting(weighting: str, min_snr_gamma: float = 5.0) -> None:
+    if weighting not in LOSS_WEIGHTINGS:
+        raise ValueError(f"loss_weighting must be one of {LOSS_WEIGHTINGS}, got {weighting!r}")
+    if weighting == "min_snr" and not min_snr_gamma > 0:
+        raise ValueError(f"min_snr_gamma must be > 0, got {min_snr_gamma}")
+
+
+def loss_weights(
+    schedule: CogVideoXSchedule,
+    timesteps: jax.Array,
+    weighting: str = "none",
+    min_snr_gamma: float = 5.0,
+) -> jax.Array:
+    """Per-sample weights of the v-prediction MSE for ``timesteps`` (any shape), float32.
+
+    ``"none"``: 1. ``"min_snr"`` (Hang et al. 2023, Min-SNR-gamma): the x0-error weight
+    min(SNR, gamma), i.e. min(SNR, gamma) / (SNR + 1) on the v-error (||v - v'||^2 =
+    (SNR + 1) ||x0 - x0'||^2), so the nearly clean steps stop dominating the gradient.
+    """
+    check_loss_weighting(weighting, min_snr_gamma)
+    t = jnp.asarray(timesteps, jnp.int32)
+    if weighting == "none":
+        return jnp.ones(t.shape, jnp.float32)
+    abar = schedule.alphas_cumprod[t].astype(jnp.float32)
+    snr = abar / jnp.maximum(1.0 - abar, 1e-12)
+    return jnp.minimum(snr, min_snr_gamma) / (snr + 1.0)
+
+
 def diffusion_loss(
     model: Denoiser,
     latents: jax.Array,
@@ -153,6 +214,8 @@ def diffusion_loss(
     cond_mask_mode: str = "mask2dit",
     scene_frames: tuple[int, ...] | None = None,
     samples: tuple[int, ...] | None = None,
+    loss_weighting: str = "none",
+    min_snr_gamma: float = 5.0,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Deterministic core of ``loss_fn`` (all randomness passed in).
 
@@ -174,24 +237,29 @@ def diffusion_loss(
         packed sample); the loss is the mean over the B*P samples of each one's MSE per token
         of its generated scenes, ``loss_per_scene`` is indexed by the scene's position in its
         sample.
+      loss_weighting, min_snr_gamma: each sample's MSE times ``loss_weights`` of its t
+        ("none": unweighted, the release).
 
     Returns:
       (loss, metrics): loss is the batch mean of each sample's MSE over its generated scenes;
       metrics has ``loss``, ``loss_per_scene`` (S,) (mean over samples generating that scene,
       0 where none does), ``num_cond`` (conditional samples) and ``t_mean``.
     """
+    weigh = functools.partial(
+        loss_weights, schedule, weighting=loss_weighting, min_snr_gamma=min_snr_gamma
+    )
     if samples is not None:
         return _framewise_loss(
             model, latents, text_embeds, noise, timesteps, generate_mask,
             schedule=schedule, num_scenes=num_scenes, cond_mask_mode=cond_mask_mode,
-            scene_frames=scene_frames, samples=samples,
+            scene_frames=scene_frames, samples=samples, weigh=weigh,
         )  # fmt: skip
     scene_frames = check_scene_frames(scene_frames, num_scenes, latents.shape[1])
     if scene_frames is not None:
         return _framewise_loss(
             model, latents, text_embeds, noise, timesteps, generate_mask,
             schedule=schedule, num_scenes=num_scenes, cond_mask_mode=cond_mask_mode,
-            scene_frames=scene_frames,
+            scene_frames=scene_frames, weigh=weigh,
         )  # fmt: skip
     # f32 whatever the storage dtype: fp16 noise has ~1k distinct values and no tails.
     x0 = split_scenes(jnp.asarray(latents, jnp.float32), num_scenes)
@@ -224,7 +292,7 @@ def diffusion_loss(
 
     w = gen.astype(jnp.float32)
     per_sample = jnp.sum(err * w, axis=1) / jnp.maximum(jnp.sum(w, axis=1), 1.0)
-    return _loss_and_metrics(per_sample, err, gen, t)
+    return _loss_and_metrics(per_sample * weigh(t), err, gen, t)
 
 
 def _loss_and_metrics(per_sample, err, gen, t) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -262,7 +330,7 @@ def _model_call(model, cond_mask_mode, gen, x_in, text_embeds, scene_t, num_scen
 
 def _framewise_loss(
     model, latents, text_embeds, noise, timesteps, generate_mask, *,
-    schedule, num_scenes, cond_mask_mode, scene_frames, samples=None,
+    schedule, num_scenes, cond_mask_mode, scene_frames, samples=None, weigh=None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:  # fmt: skip
     """``diffusion_loss`` with per-frame t and mask 2: scenes of different lengths
     (``scene_frames``, all S scenes) and packed samples (``samples``: scenes per sample;
@@ -304,6 +372,8 @@ def _framewise_loss(
     frame_sample = np.repeat(scene_sample, scene_frames)  # (F,)
     per = lambda x: jax.ops.segment_sum(x.T, frame_sample, num_segments=len(sizes)).T
     per_sample = per(err_f * w_f) / jnp.maximum(per(w_f), 1.0)  # (B, P)
+    if weigh is not None:
+        per_sample = per_sample * weigh(t).reshape(b, -1)
     err = scene_means(err_f, scene_frames)  # (B, S)
     if samples is None:
         return _loss_and_metrics(per_sample[:, 0], err, gen, t)
@@ -464,6 +534,11 @@ def loss_fn(
     cond_mask_mode: str = "mask2dit",
     scene_frames: tuple[int, ...] | None = None,
     samples: tuple[int, ...] | None = None,
+    timestep_sampling: str = "uniform",
+    logit_mean: float = 0.0,
+    logit_std: float = 1.0,
+    loss_weighting: str = "none",
+    min_snr_gamma: float = 5.0,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Mask²DiT v-prediction loss of one batch; jit- and ``nnx.value_and_grad``-friendly.
 
@@ -471,8 +546,9 @@ def loss_fn(
       model: the denoiser (``Mask2DiT`` or any callable with its signature).
       batch: ``latents`` (B, S*F, H, W, C), ``text_embeds`` (B, S*T, D); optional ``cond``
         (B, S) bool mask 2 (True = generated) used as is, else sampled with ``p_cond``.
-      rng: a PRNG key; the named streams (``m2dit_jax.rng``) "timesteps" (t ~ U{0..T-1}
-        per sample), "noise", "mask2" and "caption_dropout" are derived from it, each once.
+      rng: a PRNG key; the named streams (``m2dit_jax.rng``) "timesteps" (one t per sample,
+        see ``sample_timesteps``), "noise", "mask2" and "caption_dropout" are derived from
+        it, each once.
       schedule: the CogVideoX schedule.
       num_scenes: S.
       p_cond: probability that a sample is conditional (release stage 2: 0.5).
@@ -488,6 +564,10 @@ def loss_fn(
       samples: packed rows (static): scenes per packed sample; the row's scene count is
         their sum (``num_scenes`` is then the size of one unpacked sample and unused), each
         packed sample draws its own t, mask 2 and caption dropout (see ``diffusion_loss``).
+      timestep_sampling, logit_mean, logit_std: the t density (``sample_timesteps``;
+        "uniform" is the release's).
+      loss_weighting, min_snr_gamma: per-sample loss weights (``loss_weights``; "none" is
+        the release's).
 
     Returns:
       (loss scalar, metrics) — see ``diffusion_loss``.
@@ -500,25 +580,30 @@ def loss_fn(
     # Diffusion maths in f32 whatever the storage dtype (fp16/bf16 latent shards).
     latents = jnp.asarray(batch["latents"]).astype(jnp.float32)
     b = latents.shape[0]
+    check_loss_weighting(loss_weighting, min_snr_gamma)
+    weighting = dict(loss_weighting=loss_weighting, min_snr_gamma=min_snr_gamma)
+    draw_t = functools.partial(
+        sample_timesteps,
+        stream(rng, "timesteps"),
+        num_train_timesteps=schedule.num_train_timesteps,
+        sampling=timestep_sampling,
+        logit_mean=logit_mean,
+        logit_std=logit_std,
+    )
     if samples is not None:
         n, frames = _packed_options(
             samples, target_scene, cond_mask_mode, scene_frames, latents.shape[1]
         )
-        shape = (b, len(samples))
-        t = jax.random.randint(
-            stream(rng, "timesteps"), shape, 0, schedule.num_train_timesteps, dtype=jnp.int32
-        )
+        t = draw_t((b, len(samples)))
         noise = jax.random.normal(stream(rng, "noise"), latents.shape, jnp.float32)
         gen = _packed_generate_mask(batch, stream(rng, "mask2"), b, samples, p_cond)
         text = jnp.asarray(batch["text_embeds"]).astype(jnp.float32)
         text = _drop_captions(text, stream(rng, "caption_dropout"), n, caption_dropout)
         return diffusion_loss(
             model, latents, text, noise, t, gen, schedule=schedule, num_scenes=n,
-            scene_frames=frames, samples=tuple(samples),
+            scene_frames=frames, samples=tuple(samples), **weighting,
         )  # fmt: skip
-    t = jax.random.randint(
-        stream(rng, "timesteps"), (b,), 0, schedule.num_train_timesteps, dtype=jnp.int32
-    )
+    t = draw_t((b,))
     noise = jax.random.normal(stream(rng, "noise"), latents.shape, jnp.float32)
     check_cond_mask_mode(cond_mask_mode, target_scene)
     gen = _generate_mask(
@@ -537,4 +622,5 @@ def loss_fn(
         num_scenes=num_scenes,
         cond_mask_mode=cond_mask_mode,
         scene_frames=scene_frames,
+        **weighting,
     )

@@ -13,6 +13,7 @@ from typing import Any
 
 import ml_collections
 
+from m2dit_jax.diffusion.objective import check_loss_weighting, check_timestep_sampling
 from m2dit_jax.layout import SceneLayout
 from m2dit_jax.sharding import MESH_AXES, parse_logical_rules
 from m2dit_jax.train import defaults
@@ -213,6 +214,15 @@ def check_config(
         errors.append(
             f"diffusion.caption_dropout={config.diffusion.caption_dropout} must be in [0, 1]"
         )
+    d = config.diffusion
+    for check, args in (
+        (check_timestep_sampling, ("timestep_sampling", "uniform", "logit_std", 1.0)),
+        (check_loss_weighting, ("loss_weighting", "none", "min_snr_gamma", 5.0)),
+    ):
+        try:
+            check(d.get(args[0], args[1]), d.get(args[2], args[3]))
+        except ValueError as e:
+            errors.append(f"diffusion.{e}")
     if config.init_from_weights not in ("ema", "params"):
         errors.append(f"init_from_weights={config.init_from_weights!r} must be 'ema' or 'params'")
     if config.distributed.initialize not in ("auto", "always", "never"):

@@ -44,6 +44,16 @@ def diffusion_defaults() -> ml_collections.ConfigDict:
             # alone) or "causal_conditions" (conditions attend only among themselves, what
             # extend(..., cache_conditions=True) needs; mask 2 then drawn per batch, target last).
             cond_mask_mode="mask2dit",
+            # Training t density: "uniform" (release) or "logit_normal" (SD3:
+            # t = T * sigmoid(logit_mean + logit_std * z)); the held-out loss always uses
+            # evenly spaced t.
+            timestep_sampling="uniform",
+            logit_mean=0.0,
+            logit_std=1.0,
+            # Per-sample loss weights: "none" (release) or "min_snr" (Min-SNR-gamma on the
+            # x0 error, min(SNR, gamma) / (SNR + 1) on the v error); held-out loss unweighted.
+            loss_weighting="none",
+            min_snr_gamma=5.0,
         )
     )
 

@@ -63,7 +63,16 @@ def make_loss(config: ml_collections.ConfigDict, *, held_out: bool = False) -> C
     )
     if held_out:
         return functools.partial(eval_loss_fn, **options)
-    return functools.partial(loss_fn, caption_dropout=float(d.caption_dropout), **options)
+    return functools.partial(
+        loss_fn,
+        caption_dropout=float(d.caption_dropout),
+        timestep_sampling=str(d.get("timestep_sampling", "uniform")),
+        logit_mean=float(d.get("logit_mean", 0.0)),
+        logit_std=float(d.get("logit_std", 1.0)),
+        loss_weighting=str(d.get("loss_weighting", "none")),
+        min_snr_gamma=float(d.get("min_snr_gamma", 5.0)),
+        **options,
+    )
 
 
 def abstract_params(model_config: ml_collections.ConfigDict, mesh: Mesh):
