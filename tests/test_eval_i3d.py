@@ -78,7 +78,8 @@ def test_features_sharded_over_devices_keep_order(extractor, videos, single_logi
     assert extractor.mesh.devices.size == 4 and extractor.batch_size == 4
     feats = extractor(videos[[1, 0, 2]])  # 3 videos, padded to the 4-device batch
     assert feats.shape == (3, 400) and feats.dtype == np.float32
-    np.testing.assert_allclose(feats[1], single_logits[0], rtol=0, atol=1e-5)
+    # sharded vs single-device f32 sums of logits ~5 differ by round-off (1.0e-5 seen in CI)
+    np.testing.assert_allclose(feats[1], single_logits[0], rtol=1e-5, atol=1e-5)
     assert np.abs(feats[0] - feats[1]).max() > 1e-3
     with pytest.raises(ValueError, match="uint8"):
         extractor(videos.astype(np.float32))
