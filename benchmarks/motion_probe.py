@@ -43,6 +43,8 @@ def slope(centroids: np.ndarray, axis: int) -> float:
 
 def main(argv=None) -> dict:
     from m2dit_jax.data.synthetic_shapes import (
+        BACKGROUNDS,
+        COLOURS,
         MOTIONS,
         SHAPES,
         Script,
@@ -64,14 +66,15 @@ def main(argv=None) -> dict:
     geometry = ShapesGeometry(frames=spec.frames, height=spec.height, width=spec.width)
     rng = np.random.default_rng(0)
     result = {"bundle": args.bundle, "num": args.num, "motions": {}}
+    red = COLOURS.index("red")
     for m, motion in enumerate(MOTIONS):
-        script = Script(0, 0, (0,) * spec.num_scenes, (m,) * spec.num_scenes)  # red, one motion
+        script = Script(0, 0, (red,) * spec.num_scenes, (m,) * spec.num_scenes)
         caps = [script.captions()] * args.num
         lat = pipeline.sample_latents(caps, SamplerOptions(name="ddim", steps=1, seed=1))
         model_mean = red_centroids(np.asarray(pipeline.decode_latents(lat))[:, : spec.frames])
         refs = []
         for i in range(args.num):
-            shape, background = int(rng.integers(len(SHAPES))), int(rng.integers(3))
+            shape, background = int(rng.integers(len(SHAPES))), int(rng.integers(len(BACKGROUNDS)))
             shaped = Script(shape, background, script.colours, script.motions)
             refs.append(render_script(shaped, geometry, seed=[7, m, i])[1][: spec.frames])
         ref_mean = red_centroids(np.stack(refs))

@@ -245,9 +245,12 @@ def diffusion_loss(
       metrics has ``loss``, ``loss_per_scene`` (S,) (mean over samples generating that scene,
       0 where none does), ``num_cond`` (conditional samples) and ``t_mean``.
     """
-    weigh = functools.partial(
-        loss_weights, schedule, weighting=loss_weighting, min_snr_gamma=min_snr_gamma
-    )
+    check_loss_weighting(loss_weighting, min_snr_gamma)
+    weigh = None  # "none": the release's unweighted loss, no extra ops
+    if loss_weighting != "none":
+        weigh = functools.partial(
+            loss_weights, schedule, weighting=loss_weighting, min_snr_gamma=min_snr_gamma
+        )
     if samples is not None:
         return _framewise_loss(
             model, latents, text_embeds, noise, timesteps, generate_mask,
@@ -292,7 +295,9 @@ def diffusion_loss(
 
     w = gen.astype(jnp.float32)
     per_sample = jnp.sum(err * w, axis=1) / jnp.maximum(jnp.sum(w, axis=1), 1.0)
-    return _loss_and_metrics(per_sample * weigh(t), err, gen, t)
+    if weigh is not None:
+        per_sample = per_sample * weigh(t)
+    return _loss_and_metrics(per_sample, err, gen, t)
 
 
 def _loss_and_metrics(per_sample, err, gen, t) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -580,7 +585,6 @@ def loss_fn(
     # Diffusion maths in f32 whatever the storage dtype (fp16/bf16 latent shards).
     latents = jnp.asarray(batch["latents"]).astype(jnp.float32)
     b = latents.shape[0]
-    check_loss_weighting(loss_weighting, min_snr_gamma)
     weighting = dict(loss_weighting=loss_weighting, min_snr_gamma=min_snr_gamma)
     draw_t = functools.partial(
         sample_timesteps,
