@@ -1,6 +1,6 @@
 """Extended-scene quality: a causal-condition fine-tune + cached extension vs mask-1 extension.
 
-On the synthetic shapes task (``configs/shapes_tiny.py`` + ``launch.demo.DEMO_OVERRIDES``):
+On the synthetic shapes task (``configs/shapes_tiny.py`` + ``configs/demo.py``):
 
 1. **base**: one mask-1 model trained with the demo recipe (``--base_steps``).
 2. Two fine-tunes of the base's EMA weights (``config.init_from``), same seed, same data stream,
@@ -90,16 +90,16 @@ def _uptime() -> str:
 def train(workdir: str, overrides: dict) -> dict:
     """Trains (or resumes / skips) the demo config + ``overrides`` in ``workdir``, exports the
     EMA bundle; returns timing and loss facts."""
-    from launch import export as export_cli
-    from launch.demo import demo_config
+    from configs.demo import get_config as demo_config
     from m2dit_jax.ablation import last_logged_loss
+    from m2dit_jax.export import export
     from m2dit_jax.train import train_and_evaluate
 
     config = demo_config(overrides)
     t0 = time.perf_counter()
     result = train_and_evaluate(config, workdir)
     wall = time.perf_counter() - t0
-    export_cli.export(workdir, os.path.join(workdir, "bundle"))
+    export(workdir, os.path.join(workdir, "bundle"))
     return {
         "overrides": overrides,
         "steps": int(result["step"]),
@@ -135,7 +135,8 @@ def main(argv=None) -> dict:
     import jax
     import jax.numpy as jnp
 
-    from launch.demo import demo_config, extension_scripts
+    from configs.demo import get_config as demo_config
+    from launch.demo import extension_scripts
     from m2dit_jax.data.synthetic_shapes import (
         ShapesGeometry,
         render_script,

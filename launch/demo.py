@@ -2,7 +2,7 @@
 
     python -m launch.demo --workdir runs/demo            # what `make demo` runs
 
-1. Trains ``configs/shapes_tiny.py`` (with the demo overrides in ``DEMO_OVERRIDES``) on the
+1. Trains ``configs/shapes_tiny.py`` (with the demo overrides of ``configs/demo.py``) on the
    ``synthetic_shapes`` source in pixel space: 16x16 px frames folded 2x2x2 into 24-channel
    "latents" by the lossless space-to-depth autoencoder, hashed-word caption embeddings.
    Checkpoints, TensorBoard logs (``tb/``) and ``metrics.jsonl`` go to the workdir; a re-run
@@ -27,39 +27,7 @@ from typing import Any
 
 import numpy as np
 
-# Demo settings on top of configs/shapes_tiny.py (config keys, applied in demo_config):
-# p_cond = 0.25 so that a quarter of the samples train mask-2 scene extension (the target is the
-# last scene) — without it `extend` would be untrained; the step count sets the time budget.
-# Batch 16 x 4000 steps at lr 3e-3: the cleanest samples the issue-18 search found in 15
-# minutes (README "Making motion and shape visible: what was tried").
-DEMO_OVERRIDES: dict[str, Any] = {
-    "diffusion.p_cond": 0.25,
-    "optim.learning_rate": 3e-3,
-    "train.batch_size": 16,
-    "train.num_steps": 4000,
-    "train.checkpoint_every": 1000,
-    "train.log_every": 100,
-}
-
-
-def set_key(config, dotted: str, value: Any) -> None:
-    node = config
-    *parents, leaf = dotted.split(".")
-    for name in parents:
-        node = node[name]
-    if leaf not in node:
-        raise ValueError(f"unknown config key {dotted!r}")
-    node[leaf] = value
-
-
-def demo_config(overrides: dict[str, Any] | None = None):
-    """configs/shapes_tiny.py + DEMO_OVERRIDES + ``overrides`` (dotted keys)."""
-    from configs import shapes_tiny
-
-    config = shapes_tiny.get_config()
-    for key, value in {**DEMO_OVERRIDES, **(overrides or {})}.items():
-        set_key(config, key, value)
-    return config
+from configs.demo import DEMO_OVERRIDES, get_config
 
 
 def extension_scripts(scripts: list, num_new: int, seed: int) -> list:
@@ -198,7 +166,6 @@ def run_demo(
     ``ablation_dir`` (default ``WORKDIR/ablation``): where ``benchmarks/ablation.py`` put its
     runs; when "full" / "independent" bundles exist there, the contact sheet adds rows comparing
     them with Mask²DiT on the first two held-out scripts."""
-    from launch import export as export_cli
     from m2dit_jax import media
     from m2dit_jax.ablation import find_ablation_bundles, last_logged_loss
     from m2dit_jax.data.synthetic_shapes import (
@@ -207,6 +174,7 @@ def run_demo(
         sample_held_out_scripts,
     )
     from m2dit_jax.eval import synthetic_metrics
+    from m2dit_jax.export import export
     from m2dit_jax.inference.bundle import load_bundle
     from m2dit_jax.inference.pipeline import SamplingPipeline
     from m2dit_jax.inference.script import SamplerOptions
@@ -216,7 +184,7 @@ def run_demo(
         raise ValueError("num_saved and num_extend must be <= num_eval")
     timings = {}
     t_start = time.perf_counter()
-    config = demo_config(overrides)
+    config = get_config(overrides)
     os.makedirs(workdir, exist_ok=True)
 
     print(f"[1/4] training {config.name} for {config.train.num_steps} steps in {workdir}")
@@ -226,7 +194,7 @@ def run_demo(
 
     print("[2/4] exporting the EMA weights")
     bundle_dir = os.path.join(workdir, "bundle")
-    export_cli.export(workdir, bundle_dir)
+    export(workdir, bundle_dir)
     pipeline = SamplingPipeline.from_bundle(load_bundle(bundle_dir))
     spec = pipeline.video
 

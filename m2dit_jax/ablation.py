@@ -38,11 +38,11 @@ HEADLINE = (
 
 def variant_config(mask_mode: str, seed: int, num_steps: int, overrides: dict | None = None):
     """The demo config with ``model.mask_mode``, the seed and the step budget set."""
-    from launch.demo import demo_config
+    from configs.demo import get_config
 
     if mask_mode not in MASK_MODES:
         raise ValueError(f"mask_mode must be one of {MASK_MODES}, got {mask_mode!r}")
-    config = demo_config(
+    config = get_config(
         {
             "model.mask_mode": mask_mode,
             "model.attention_backend": "xla",
@@ -69,9 +69,9 @@ def run_variant(
 ) -> dict[str, Any]:
     """Trains (or resumes) one variant in ``workdir``, samples and scores it; writes and
     returns ``workdir/ablation_result.json`` (re-used when present unless ``rescore``)."""
-    from launch import export as export_cli
     from m2dit_jax.data.synthetic_shapes import sample_held_out_scripts
     from m2dit_jax.eval import synthetic_metrics
+    from m2dit_jax.export import export
     from m2dit_jax.inference.bundle import load_bundle
     from m2dit_jax.inference.pipeline import SamplingPipeline
     from m2dit_jax.inference.script import SamplerOptions
@@ -89,7 +89,7 @@ def run_variant(
     train = train_and_evaluate(config, workdir)
     train_s = time.perf_counter() - t0
     bundle_dir = os.path.join(workdir, "bundle")
-    export_cli.export(workdir, bundle_dir)
+    export(workdir, bundle_dir)
     pipeline = SamplingPipeline.from_bundle(load_bundle(bundle_dir))
     # The same held-out scripts and sampler noise for every variant and seed.
     scripts = sample_held_out_scripts(

@@ -9,6 +9,7 @@ from PIL import Image
 
 from launch import export as export_cli
 from launch import sample as sample_cli
+from m2dit_jax import export as export_lib
 from m2dit_jax import media
 
 
@@ -65,7 +66,7 @@ def test_export_bundle_contents(bundle, trained):
     # the bundle holds the EMA of the last checkpoint (bf16-rounded)
     from m2dit_jax.inference.bundle import flat_params, load_bundle
 
-    ema = export_cli.restore_weights(export_cli.find_checkpoint(trained)[1], "ema")
+    ema = export_lib.restore_weights(export_lib.find_checkpoint(trained)[1], "ema")
     loaded = flat_params(load_bundle(bundle).model)
     assert set(loaded) == set(ema)
     for key, value in ema.items():
@@ -166,6 +167,7 @@ def test_export_cli_errors(tmp_path, capsys):
 
 
 def test_demo_writes_every_artifact(tmp_path):
+    from configs import demo as demo_configs
     from launch import demo
 
     workdir = str(tmp_path / "demo")
@@ -197,4 +199,6 @@ def test_demo_writes_every_artifact(tmp_path):
     assert saved["metrics"]["reference"]["colour_ok"] == 1.0
     assert report["train"]["steps"] == 2 and len(saved["per_extended_video"]) == 2
     with pytest.raises(ValueError, match="unknown config key"):
-        demo.demo_config({"train.no_such_key": 1})
+        demo_configs.get_config({"train.no_such_key": 1})
+    with pytest.raises(ValueError, match="unknown config key"):
+        demo_configs.get_config({"no_such_section.steps": 1})

@@ -10,6 +10,7 @@ from test_pipeline_folder import FRAMES, SIZE, T5, TEXT_LEN, build_jax_folder, m
 
 from launch import export as export_cli
 from launch import sample as sample_cli
+from m2dit_jax import export as export_lib
 from m2dit_jax import media
 from m2dit_jax.inference import pipeline_folder as pf
 
@@ -87,7 +88,7 @@ def test_export_sample_and_diffusers_load(latent_run, tmp_path, capsys):
     from m2dit_jax.convert import load_diffusers_transformer
 
     loaded = load_diffusers_transformer(out)
-    ema = export_cli.restore_weights(export_cli.find_checkpoint(workdir)[1], "ema")
+    ema = export_lib.restore_weights(export_lib.find_checkpoint(workdir)[1], "ema")
     from m2dit_jax.inference.bundle import flat_params
 
     got = flat_params(loaded)
@@ -150,13 +151,13 @@ def test_base_pipeline_from_init_from(tmp_path):
     base = str(tmp_path / "base")
     os.makedirs(os.path.join(base, "transformer"))
     open(os.path.join(base, pf.MODEL_INDEX), "w").write("{}")
-    assert export_cli.resolve_base({"init_from": base}, None) == base
-    assert export_cli.resolve_base({"init_from": base + "/transformer"}, None) == base
+    assert export_lib.resolve_base({"init_from": base}, None) == base
+    assert export_lib.resolve_base({"init_from": base + "/transformer"}, None) == base
     stage1 = tmp_path / "stage1"  # stage 2 starts from a stage-1 workdir started from base
     stage1.mkdir()
     (stage1 / "config.json").write_text(json.dumps({"model": {}, "data": {}, "init_from": base}))
-    assert export_cli.resolve_base({"init_from": f"{stage1}@250"}, None) == base
+    assert export_lib.resolve_base({"init_from": f"{stage1}@250"}, None) == base
     with pytest.raises(ValueError, match="not a diffusers pipeline folder"):
-        export_cli.resolve_base({}, str(tmp_path))
+        export_lib.resolve_base({}, str(tmp_path))
     with pytest.raises(ValueError, match="pass --base"):
-        export_cli.resolve_base({"init_from": ""}, None)
+        export_lib.resolve_base({"init_from": ""}, None)

@@ -105,8 +105,8 @@ def test_bad_options_raise(kwargs, match):
 
 
 def test_config_checks_name_the_bad_key():
-    from launch.demo import demo_config
+    from configs.demo import get_config
     from m2dit_jax.train.config_checks import check_config
 
     with pytest.raises(ValueError, match="diffusion.loss_weighting"):
-        check_config(demo_config({"diffusion.loss_weighting": "p2"}), num_devices=1)
+        check_config(get_config({"diffusion.loss_weighting": "p2"}), num_devices=1)
