@@ -2,11 +2,13 @@
 
     python -m launch.demo --workdir runs/demo            # what `make demo` runs
 
-1. Trains ``configs/shapes_tiny.py`` (with the demo overrides of ``configs/demo.py``) on the
+1. Trains ``configs/shapes_tiny.py`` in two stages (``configs/demo.py``) on the
    ``synthetic_shapes`` source in pixel space: 16x16 px frames folded 2x2x2 into 24-channel
    "latents" by the lossless space-to-depth autoencoder, hashed-word caption embeddings.
-   Checkpoints, TensorBoard logs (``tb/``) and ``metrics.jsonl`` go to the workdir; a re-run
-   resumes (or skips training when it is complete).
+   Stage 1 pretrains on single-scene clips in ``WORKDIR/pretrain`` (the stand-in for the
+   CogVideoX checkpoint the paper starts from); stage 2 fine-tunes those EMA weights on 3-scene
+   clips with mask 1 and mask 2 in the workdir. Checkpoints, TensorBoard logs (``tb/``) and
+   ``metrics.jsonl`` go to each stage's folder; a re-run resumes (or skips a complete stage).
 2. Exports the EMA weights to ``WORKDIR/bundle`` (what ``launch.sample --model`` loads).
 3. Samples ``--num_eval`` held-out 3-scene scripts (never seen in training) jointly with mask 1,
    then extends ``--num_extend`` of them by two scenes each with mask-2 scene extension.
@@ -27,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from configs.demo import DEMO_OVERRIDES, get_config
+from configs.demo import DEMO_OVERRIDES, PRETRAIN_OVERRIDES, get_config, get_pretrain_config
 
 
 def extension_scripts(scripts: list, num_new: int, seed: int) -> list:
@@ -158,10 +160,16 @@ def run_demo(
     sample_steps: int = 50,
     seed: int = 0,
     overrides: dict[str, Any] | None = None,
+    pretrain_overrides: dict[str, Any] | None = None,
     scale: int = 4,
     ablation_dir: str | None = None,
 ) -> dict[str, Any]:
     """The whole demo; returns what it writes to ``eval.json``.
+
+    ``overrides`` / ``pretrain_overrides``: {dotted key: value} for stage 2 (the 3-scene
+    Mask²DiT fine-tune) / stage 1 (single-scene pretraining). ``train.num_steps=0`` in
+    ``pretrain_overrides`` skips stage 1: stage 2 then starts from random weights (or from its
+    own ``init_from``).
 
     ``ablation_dir`` (default ``WORKDIR/ablation``): where ``benchmarks/ablation.py`` put its
     runs; when "full" / "independent" bundles exist there, the contact sheet adds rows comparing
@@ -184,10 +192,35 @@ def run_demo(
         raise ValueError("num_saved and num_extend must be <= num_eval")
     timings = {}
     t_start = time.perf_counter()
+    pretrain_config = get_pretrain_config(pretrain_overrides)
+    pretrain_dir = os.path.join(workdir, "pretrain")
+    overrides = dict(overrides or {})
+    pretrain_steps = int(pretrain_config.train.num_steps)
+    if pretrain_steps > 0:
+        if overrides.get("init_from"):
+            raise ValueError(
+                "init_from is set for stage 2 while stage 1 (pretraining) runs; pass "
+                "pretrain_overrides train.num_steps=0 to start stage 2 from init_from instead"
+            )
+        overrides["init_from"] = pretrain_dir
     config = get_config(overrides)
     os.makedirs(workdir, exist_ok=True)
 
-    print(f"[1/4] training {config.name} for {config.train.num_steps} steps in {workdir}")
+    pretrain_result = None
+    t0 = time.perf_counter()
+    if pretrain_steps > 0:
+        print(
+            f"[1/4] stage 1: pretraining {pretrain_config.name} on "
+            f"{pretrain_config.data.num_scenes}-scene clips for {pretrain_steps} steps in "
+            f"{pretrain_dir}"
+        )
+        pretrain_result = train_and_evaluate(pretrain_config, pretrain_dir)
+    timings["pretrain_s"] = time.perf_counter() - t0
+    print(
+        f"[1/4] stage 2: training {config.name} on {config.data.num_scenes}-scene clips for "
+        f"{config.train.num_steps} steps in {workdir}"
+        + (f" from {pretrain_dir}" if pretrain_steps > 0 else "")
+    )
     t0 = time.perf_counter()
     train_result = train_and_evaluate(config, workdir)
     timings["train_s"] = time.perf_counter() - t0
@@ -288,7 +321,18 @@ def run_demo(
 
     losses = train_result.get("losses") or []
     report = {
-        "config": {"name": config.name, "overrides": {**DEMO_OVERRIDES, **(overrides or {})}},
+        "config": {
+            "name": config.name,
+            "overrides": {**DEMO_OVERRIDES, **overrides},
+            "pretrain_overrides": {**PRETRAIN_OVERRIDES, **(pretrain_overrides or {})},
+        },
+        "pretrain": None
+        if pretrain_result is None
+        else {
+            "steps": int(pretrain_result["step"]),
+            "mean_step_time_s": pretrain_result.get("mean_step_time_s"),
+            "workdir": pretrain_dir,
+        },
         "train": {
             "steps": int(train_result["step"]),
             "params": int(train_result.get("params", 0)),
@@ -334,7 +378,8 @@ def run_demo(
         "ground-truth renders of the same scripts."
     )
     print(
-        f"time: train {timings['train_s']:.0f}s, sample {timings['sample_s']:.0f}s, "
+        f"time: pretrain {timings['pretrain_s']:.0f}s, train {timings['train_s']:.0f}s, "
+        f"sample {timings['sample_s']:.0f}s, "
         f"extend {timings['extend_s']:.0f}s, total {timings['total_s']:.0f}s"
     )
     print(f"wrote {samples_dir}/*.gif|mp4, {workdir}/contact_sheet.png, {workdir}/eval.json")
@@ -371,7 +416,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="extra config override, e.g. --set train.num_steps=500",
+        help="stage-2 (3-scene) config override, e.g. --set train.num_steps=500",
+    )
+    parser.add_argument(
+        "--set_pretrain",
+        type=_parse_override,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="stage-1 (single-scene pretraining) override; train.num_steps=0 skips stage 1",
     )
     args = parser.parse_args(argv)
     return run_demo(
@@ -382,6 +435,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         sample_steps=args.sample_steps,
         seed=args.seed,
         overrides=dict(args.set),
+        pretrain_overrides=dict(args.set_pretrain),
         ablation_dir=args.ablation_dir,
     )
 

@@ -39,6 +39,19 @@ def test_shapes_tiny_is_the_demo_pilot():
     assert c.model.dtype == "float32" and c.model.in_channels == 24
 
 
+def test_demo_stages_share_one_model():
+    from configs import demo, demo_pretrain
+
+    assert "python -m launch.train --config configs/demo_pretrain.py" in demo_pretrain.__doc__
+    assert "--config.init_from=runs/demo/pretrain" in demo.__doc__
+    stage1, stage2 = demo_pretrain.get_config(), demo.get_config()
+    assert stage1.to_dict()["model"] == stage2.to_dict()["model"]  # stage 2 loads stage 1
+    assert (model_layout(stage1).seq_len, model_layout(stage2).seq_len) == (40, 120)
+    assert (stage1.diffusion.p_cond, stage2.diffusion.p_cond) == (0.0, 0.25)
+    for c in (stage1, stage2):
+        assert check_config(c, num_devices=1)["fsdp"] == 1
+
+
 @pytest.mark.parametrize("name", [n for n in CONFIGS if n.startswith("mask2dit")])
 def test_release_configs_follow_the_recipe(name):
     _, c = _load(name)

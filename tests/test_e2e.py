@@ -183,8 +183,18 @@ def test_demo_writes_every_artifact(tmp_path):
         "optim.warmup_steps": 1,
     }
     report = demo.run_demo(
-        workdir, num_eval=3, num_extend=2, num_saved=2, sample_steps=2, overrides=overrides
+        workdir,
+        num_eval=3,
+        num_extend=2,
+        num_saved=2,
+        sample_steps=2,
+        overrides=overrides,
+        pretrain_overrides=overrides,
     )
+    # stage 1 (1-scene pretraining) ran in WORKDIR/pretrain and stage 2 started from it
+    assert report["pretrain"]["steps"] == 2
+    assert os.listdir(os.path.join(workdir, "pretrain", "checkpoints")) == ["2"]
+    assert report["config"]["overrides"]["init_from"] == os.path.join(workdir, "pretrain")
     samples = os.path.join(workdir, "samples")
     for name, frames in (("script_00", 12), ("script_01", 12), ("extended_00", 20)):
         assert media.read_video(os.path.join(samples, name + ".mp4")).shape[0] == frames
@@ -197,8 +207,11 @@ def test_demo_writes_every_artifact(tmp_path):
     assert saved["metrics"]["generated"]["num_scenes_scored"] == 9
     assert saved["metrics"]["extended"]["num_scenes_scored"] == 4
     assert saved["metrics"]["reference"]["colour_ok"] == 1.0
-    assert report["train"]["steps"] == 2 and len(saved["per_extended_video"]) == 2
+    assert report["train"]["steps"] == 2
+    assert len(saved["per_extended_video"]) == 2
     with pytest.raises(ValueError, match="unknown config key"):
         demo_configs.get_config({"train.no_such_key": 1})
     with pytest.raises(ValueError, match="unknown config key"):
         demo_configs.get_config({"no_such_section.steps": 1})
+    with pytest.raises(ValueError, match="init_from is set for stage 2"):
+        demo.run_demo(str(tmp_path / "other"), overrides={"init_from": workdir})
