@@ -24,6 +24,16 @@ from typing import Any
 
 from configs import shapes_tiny
 
+# Both stages: caption dropout (each scene's caption zeroed with p = 0.1) trains the empty
+# caption that classifier-free guidance (DEMO_GUIDANCE_SCALE) guides against; SNR shift 3
+# (CogVideoX-2B's) moves training and sampling towards high noise, where a 16x16 px object's
+# position and motion are decided. Together: motion 81 -> 85%, clean 92 -> 96%, extended
+# scenes' background 69 -> 88% (README "what was tried").
+SAMPLING_QUALITY: dict[str, Any] = {
+    "diffusion.caption_dropout": 0.1,
+    "diffusion.snr_shift_scale": 3.0,
+}
+
 # Stage 1: one scene per clip (40 tokens instead of 120, so ~3x the optimizer steps per
 # second), no mask 2. Learning motion needs many optimizer steps, and a single scene learns
 # it far faster per step than three (README "Making motion and shape visible: what was tried").
@@ -31,9 +41,10 @@ PRETRAIN_OVERRIDES: dict[str, Any] = {
     "name": "shapes_tiny_pretrain",
     "data.num_scenes": 1,
     "diffusion.p_cond": 0.0,
+    **SAMPLING_QUALITY,
     "optim.learning_rate": 3e-3,
     "train.batch_size": 16,
-    "train.num_steps": 6000,
+    "train.num_steps": 5750,
     "train.checkpoint_every": 2000,
     "train.log_every": 100,
 }
@@ -43,12 +54,16 @@ PRETRAIN_OVERRIDES: dict[str, Any] = {
 # workdir) is set by launch/demo.py or on the command line.
 DEMO_OVERRIDES: dict[str, Any] = {
     "diffusion.p_cond": 0.25,
+    **SAMPLING_QUALITY,
     "optim.learning_rate": 3e-3,
     "train.batch_size": 16,
     "train.num_steps": 1500,
     "train.checkpoint_every": 500,
     "train.log_every": 100,
 }
+
+# Classifier-free guidance scale `launch.demo` samples and extends with (1 = off).
+DEMO_GUIDANCE_SCALE = 3.0
 
 
 def set_key(config, dotted: str, value: Any) -> None:

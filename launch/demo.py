@@ -11,7 +11,9 @@
    ``metrics.jsonl`` go to each stage's folder; a re-run resumes (or skips a complete stage).
 2. Exports the EMA weights to ``WORKDIR/bundle`` (what ``launch.sample --model`` loads).
 3. Samples ``--num_eval`` held-out 3-scene scripts (never seen in training) jointly with mask 1,
-   then extends ``--num_extend`` of them by two scenes each with mask-2 scene extension.
+   then extends ``--num_extend`` of them by two scenes each with mask-2 scene extension (DDIM,
+   classifier-free guidance ``--guidance_scale``, default ``configs.demo.DEMO_GUIDANCE_SCALE``,
+   against the empty caption both stages learn through caption dropout).
 4. Scores every scene with the analytic detectors (``m2dit_jax.eval.synthetic_metrics``):
    alignment (colour / motion of scene i match caption i) and consistency (shape / background of
    every later scene match scene 1 — later captions never state the shape, no caption states the
@@ -29,7 +31,13 @@ from typing import Any
 
 import numpy as np
 
-from configs.demo import DEMO_OVERRIDES, PRETRAIN_OVERRIDES, get_config, get_pretrain_config
+from configs.demo import (
+    DEMO_GUIDANCE_SCALE,
+    DEMO_OVERRIDES,
+    PRETRAIN_OVERRIDES,
+    get_config,
+    get_pretrain_config,
+)
 
 
 def extension_scripts(scripts: list, num_new: int, seed: int) -> list:
@@ -158,6 +166,7 @@ def run_demo(
     num_extend: int = 16,
     num_saved: int = 6,
     sample_steps: int = 50,
+    guidance_scale: float = DEMO_GUIDANCE_SCALE,
     seed: int = 0,
     overrides: dict[str, Any] | None = None,
     pretrain_overrides: dict[str, Any] | None = None,
@@ -170,6 +179,11 @@ def run_demo(
     Mask²DiT fine-tune) / stage 1 (single-scene pretraining). ``train.num_steps=0`` in
     ``pretrain_overrides`` skips stage 1: stage 2 then starts from random weights (or from its
     own ``init_from``).
+
+    ``guidance_scale``: classifier-free guidance of every sampled and extended scene against
+    the empty (zero) caption; > 1 needs a stage-2 model trained with
+    ``diffusion.caption_dropout > 0`` (else it is an error: the model never saw the empty
+    caption); 1 turns CFG off.
 
     ``ablation_dir`` (default ``WORKDIR/ablation``): where ``benchmarks/ablation.py`` put its
     runs; when "full" / "independent" bundles exist there, the contact sheet adds rows comparing
@@ -204,6 +218,12 @@ def run_demo(
             )
         overrides["init_from"] = pretrain_dir
     config = get_config(overrides)
+    if guidance_scale > 1.0 and float(config.diffusion.caption_dropout) <= 0.0:
+        raise ValueError(
+            f"guidance_scale={guidance_scale} needs a model trained with caption dropout, but "
+            "stage 2 has diffusion.caption_dropout=0 (the empty caption CFG guides against was "
+            "never seen); set diffusion.caption_dropout > 0 or guidance_scale=1 (no CFG)"
+        )
     os.makedirs(workdir, exist_ok=True)
 
     pretrain_result = None
@@ -232,8 +252,8 @@ def run_demo(
     spec = pipeline.video
 
     print(
-        f"[3/4] sampling {num_eval} held-out 3-scene scripts ({sample_steps} DDIM steps), "
-        f"extending {num_extend} of them by 2 scenes"
+        f"[3/4] sampling {num_eval} held-out 3-scene scripts ({sample_steps} DDIM steps, "
+        f"CFG {guidance_scale:g}), extending {num_extend} of them by 2 scenes"
     )
     scripts = sample_held_out_scripts(
         num_eval,
@@ -242,7 +262,9 @@ def run_demo(
         seed=seed,
     )
     captions = [s.captions() for s in scripts]
-    sampler = SamplerOptions(name="ddim", steps=sample_steps, guidance_scale=1.0, seed=seed)
+    sampler = SamplerOptions(
+        name="ddim", steps=sample_steps, guidance_scale=guidance_scale, seed=seed
+    )
     t0 = time.perf_counter()
     latents = pipeline.sample_latents(captions, sampler)
     videos = pipeline.decode_latents(latents)
@@ -344,7 +366,7 @@ def run_demo(
         "sampling": {
             "sampler": "ddim",
             "steps": sample_steps,
-            "guidance_scale": 1.0,
+            "guidance_scale": guidance_scale,
             "num_eval": num_eval,
             "num_extend": num_extend,
         },
@@ -403,6 +425,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--num_extend", type=int, default=16, help="of those, extended by 2")
     parser.add_argument("--num_saved", type=int, default=6, help="videos written as files")
     parser.add_argument("--sample_steps", type=int, default=50)
+    parser.add_argument(
+        "--guidance_scale",
+        type=float,
+        default=DEMO_GUIDANCE_SCALE,
+        help="classifier-free guidance scale of sampling and extension (1 = off)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--ablation_dir",
@@ -433,6 +461,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         num_extend=args.num_extend,
         num_saved=args.num_saved,
         sample_steps=args.sample_steps,
+        guidance_scale=args.guidance_scale,
         seed=args.seed,
         overrides=dict(args.set),
         pretrain_overrides=dict(args.set_pretrain),

@@ -215,3 +215,8 @@ def test_demo_writes_every_artifact(tmp_path):
         demo_configs.get_config({"no_such_section.steps": 1})
     with pytest.raises(ValueError, match="init_from is set for stage 2"):
         demo.run_demo(str(tmp_path / "other"), overrides={"init_from": workdir})
+    with pytest.raises(ValueError, match="needs a model trained with caption dropout"):
+        demo.run_demo(
+            str(tmp_path / "cfg"), guidance_scale=2.0, overrides={"diffusion.caption_dropout": 0.0}
+        )
+    assert report["sampling"]["guidance_scale"] == demo_configs.DEMO_GUIDANCE_SCALE
