@@ -13,7 +13,7 @@
 3. Samples ``--num_eval`` held-out 3-scene scripts (never seen in training) jointly with mask 1,
    then extends ``--num_extend`` of them by two scenes each with mask-2 scene extension (DDIM,
    classifier-free guidance ``--guidance_scale``, default ``configs.demo.DEMO_GUIDANCE_SCALE``,
-   against the empty caption both stages learn through caption dropout).
+   against the empty caption stage 2 learns through caption dropout).
 4. Scores every scene with the analytic detectors (``m2dit_jax.eval.synthetic_metrics``):
    alignment (colour / motion of scene i match caption i) and consistency (shape / background of
    every later scene match scene 1 — later captions never state the shape, no caption states the
@@ -51,6 +51,33 @@ def extension_scripts(scripts: list, num_new: int, seed: int) -> list:
         motions = tuple(int(m) for m in rng.integers(len(MOTIONS), size=num_new))
         out.append(Script(s.shape, s.background, s.colours + colours, s.motions + motions))
     return out
+
+
+def stage_one_overrides(
+    overrides: dict[str, Any], pretrain_overrides: dict[str, Any] | None
+) -> dict[str, Any]:
+    """Stage 1's overrides: ``pretrain_overrides`` plus every ``model.*`` key of the stage-2
+    ``overrides`` that it does not set itself (stage 2 starts from stage 1's weights, so a
+    model change asked of the demo is a change to both stages)."""
+    out = dict(pretrain_overrides or {})
+    for key, value in overrides.items():
+        if key.startswith("model.") and key not in out:
+            out[key] = value
+    return out
+
+
+def check_stages_share_model(pretrain_config, config) -> None:
+    """ValueError naming the differing ``model.*`` keys when stage 2 could not load stage 1."""
+    a, b = pretrain_config.model.to_dict(), config.model.to_dict()
+    differ = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    if differ:
+        detail = ", ".join(
+            f"model.{k}: {a.get(k)!r} (stage 1) vs {b.get(k)!r} (stage 2)" for k in differ
+        )
+        raise ValueError(
+            f"stage 2 starts from stage 1's weights, but their models differ ({detail}); set "
+            "these keys to one value in both --set and --set_pretrain"
+        )
 
 
 def write_samples(
@@ -176,7 +203,9 @@ def run_demo(
     """The whole demo; returns what it writes to ``eval.json``.
 
     ``overrides`` / ``pretrain_overrides``: {dotted key: value} for stage 2 (the 3-scene
-    Mask²DiT fine-tune) / stage 1 (single-scene pretraining). ``train.num_steps=0`` in
+    Mask²DiT fine-tune) / stage 1 (single-scene pretraining); ``model.*`` keys of
+    ``overrides`` apply to stage 1 too unless ``pretrain_overrides`` sets them, and models that
+    still differ are a ValueError before any training. ``train.num_steps=0`` in
     ``pretrain_overrides`` skips stage 1: stage 2 then starts from random weights (or from its
     own ``init_from``).
 
@@ -206,9 +235,10 @@ def run_demo(
         raise ValueError("num_saved and num_extend must be <= num_eval")
     timings = {}
     t_start = time.perf_counter()
+    overrides = dict(overrides or {})
+    pretrain_overrides = stage_one_overrides(overrides, pretrain_overrides)
     pretrain_config = get_pretrain_config(pretrain_overrides)
     pretrain_dir = os.path.join(workdir, "pretrain")
-    overrides = dict(overrides or {})
     pretrain_steps = int(pretrain_config.train.num_steps)
     if pretrain_steps > 0:
         if overrides.get("init_from"):
@@ -218,6 +248,8 @@ def run_demo(
             )
         overrides["init_from"] = pretrain_dir
     config = get_config(overrides)
+    if pretrain_steps > 0:
+        check_stages_share_model(pretrain_config, config)
     if guidance_scale > 1.0 and float(config.diffusion.caption_dropout) <= 0.0:
         raise ValueError(
             f"guidance_scale={guidance_scale} needs a model trained with caption dropout, but "
@@ -444,7 +476,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="stage-2 (3-scene) config override, e.g. --set train.num_steps=500",
+        help="stage-2 (3-scene) config override, e.g. --set train.num_steps=500; model.* keys "
+        "apply to stage 1 too (stage 2 starts from its weights)",
     )
     parser.add_argument(
         "--set_pretrain",
