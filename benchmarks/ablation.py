@@ -1,6 +1,8 @@
 """Reproduces the mask ablation: Mask²DiT mask 1 vs no mask vs independent scenes.
 
     python benchmarks/ablation.py --out runs/ablation --steps 1500 --seeds 0 1 --num_eval 96
+    python benchmarks/ablation.py --out runs/demo/ablation --init_from runs/demo/pretrain \
+        --steps 1500 --seeds 0    # every variant fine-tuned from make demo's stage 1
 
 Trains every (variant, seed) in ``OUT/<variant>_s<seed>`` (skipped when its result exists, so
 the script can be re-run to add seeds), samples the same held-out scripts with each model, and
@@ -28,6 +30,12 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=1500, help="training steps per run")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--variants", nargs="+", default=list(MASK_MODES), choices=MASK_MODES)
+    parser.add_argument(
+        "--init_from",
+        default="",
+        help="a stage-1 workdir (e.g. runs/demo/pretrain): every variant fine-tunes from its "
+        "EMA weights, as make demo's stage 2 does (default: random weights)",
+    )
     parser.add_argument("--num_eval", type=int, default=48)
     parser.add_argument("--sample_steps", type=int, default=30)
     parser.add_argument(
@@ -45,6 +53,7 @@ def main(argv=None):
                 num_steps=args.steps,
                 num_eval=args.num_eval,
                 sample_steps=args.sample_steps,
+                init_from=args.init_from,
                 rescore=args.rescore,
             )
             m = result["metrics"]

@@ -115,6 +115,13 @@ ABLATION_TITLES = {
 ABLATION_COMMAND = "python benchmarks/ablation.py --out {out} --seeds 0 --variants full independent"
 
 
+def ablation_command(ablation_dir: str, pretrain_dir: str | None) -> str:
+    """The command that trains the contact sheet's ablation models: like the demo's stage 2,
+    from stage 1's weights (``pretrain_dir``) when stage 1 ran, else from random weights."""
+    command = ABLATION_COMMAND.format(out=ablation_dir)
+    return command + (f" --init_from {pretrain_dir}" if pretrain_dir else "")
+
+
 def ablation_sheet_rows(
     bundles: dict[str, str],
     *,
@@ -362,7 +369,9 @@ def run_demo(
     else:
         print(
             f"contact sheet: no ablation rows (no full/independent bundles in {ablation_dir}); "
-            f"to add them run `{ABLATION_COMMAND.format(out=ablation_dir)}` and re-run the demo"
+            "to add them run "
+            f"`{ablation_command(ablation_dir, pretrain_dir if pretrain_steps > 0 else None)}` "
+            "and re-run the demo"
         )
     media.write_contact_sheet(
         os.path.join(workdir, "contact_sheet.png"),

@@ -65,10 +65,16 @@ def run_variant(
     num_eval: int = 48,
     sample_steps: int = 30,
     overrides: dict | None = None,
+    init_from: str = "",
     rescore: bool = False,
 ) -> dict[str, Any]:
     """Trains (or resumes) one variant in ``workdir``, samples and scores it; writes and
-    returns ``workdir/ablation_result.json`` (re-used when present unless ``rescore``)."""
+    returns ``workdir/ablation_result.json`` (re-used when present for the same steps, eval
+    size and ``init_from``, unless ``rescore``).
+
+    ``init_from``: "" trains from random weights; a stage-1 workdir (``runs/demo/pretrain``)
+    fine-tunes every variant from the same single-scene EMA weights, as the demo's stage 2
+    (and the paper, from CogVideoX) does."""
     from m2dit_jax.data.synthetic_shapes import sample_held_out_scripts
     from m2dit_jax.eval import synthetic_metrics
     from m2dit_jax.export import export
@@ -81,10 +87,16 @@ def run_variant(
     if os.path.isfile(result_path):
         with open(result_path) as f:
             done = json.load(f)
-        same = done.get("num_steps") == num_steps and done.get("num_eval") == num_eval
+        same = (done.get("num_steps"), done.get("num_eval"), done.get("init_from", "")) == (
+            num_steps,
+            num_eval,
+            init_from,
+        )
         if same and not rescore:
             return done
-    config = variant_config(mask_mode, seed, num_steps, overrides)
+    config = variant_config(
+        mask_mode, seed, num_steps, {"init_from": init_from, **(overrides or {})}
+    )
     t0 = time.perf_counter()
     train = train_and_evaluate(config, workdir)
     train_s = time.perf_counter() - t0
@@ -103,6 +115,7 @@ def run_variant(
         "seed": seed,
         "num_steps": num_steps,
         "num_eval": num_eval,
+        "init_from": init_from,
         "sample_steps": sample_steps,
         "train_call_s": train_s,  # wall time of this call (restore only when resumed)
         "steps_run": int(train["step"]) - int(train["start_step"]),

@@ -28,3 +28,14 @@ def test_aggregate_and_format():
     assert table["full"]["colour_ok"]["std"] == 0.0 and "independent" not in table
     text = ablation.format_ablation(table)
     assert "| mask2dit | 2 | 90.0 ± 14.1 |" in text and "| full | 1 | 30.0 ± 0.0 |" in text
+
+
+def test_variants_can_start_from_stage_one():
+    from launch.demo import ablation_command
+
+    config = ablation.variant_config("full", 0, 10, {"init_from": "runs/demo/pretrain"})
+    assert config.init_from == "runs/demo/pretrain" and config.model.mask_mode == "full"
+    assert ablation.variant_config("full", 0, 10).init_from == ""  # random weights
+    command = ablation_command("runs/demo/ablation", "runs/demo/pretrain")
+    assert command.endswith("--variants full independent --init_from runs/demo/pretrain")
+    assert "--init_from" not in ablation_command("runs/demo/ablation", None)
