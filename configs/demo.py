@@ -24,17 +24,6 @@ from typing import Any
 
 from configs import shapes_tiny
 
-# Stage 2: caption dropout (each scene's caption zeroed with p = 0.1) trains the empty caption
-# that classifier-free guidance (DEMO_GUIDANCE_SCALE) guides against; SNR shift 3
-# (CogVideoX-2B's) moves training and sampling towards high noise, where a 16x16 px object's
-# position and motion are decided. Stage 1 has neither: with them it learns the motion word
-# later — seed 0 not within its 6,000 steps (motion 29% after stage 2), seeds 1-3 did; without
-# them seeds 0-2 all learn it (motion 98.6 / 97.9 / 81.9%, README "what was tried").
-SAMPLING_QUALITY: dict[str, Any] = {
-    "diffusion.caption_dropout": 0.1,
-    "diffusion.snr_shift_scale": 3.0,
-}
-
 # Stage 1: one scene per clip (40 tokens instead of 120, so ~3x the optimizer steps per
 # second), no mask 2. Learning motion needs many optimizer steps, and a single scene learns
 # it far faster per step than three (README "Making motion and shape visible: what was tried").
@@ -52,9 +41,17 @@ PRETRAIN_OVERRIDES: dict[str, Any] = {
 # Stage 2: p_cond = 0.25 so that a quarter of the samples train mask-2 scene extension (the
 # target is the last scene) — without it `extend` would be untrained. ``init_from`` (stage 1's
 # workdir) is set by launch/demo.py or on the command line.
+#
+# Caption dropout (each scene's caption zeroed with p = 0.1) trains the empty caption that
+# classifier-free guidance (DEMO_GUIDANCE_SCALE) guides against; SNR shift 3 (CogVideoX-2B's)
+# moves training and sampling towards high noise, where a 16x16 px object's position and motion
+# are decided. Stage 1 has neither: with them it learns the motion word later — seed 0 not
+# within its 6,000 steps (motion 29% after stage 2), seeds 1-3 did; without them seeds 0-2 all
+# learn it (motion 98.6 / 97.9 / 81.9%, README "what was tried").
 DEMO_OVERRIDES: dict[str, Any] = {
     "diffusion.p_cond": 0.25,
-    **SAMPLING_QUALITY,
+    "diffusion.caption_dropout": 0.1,
+    "diffusion.snr_shift_scale": 3.0,
     "optim.learning_rate": 3e-3,
     "train.batch_size": 16,
     "train.num_steps": 1500,

@@ -112,13 +112,11 @@ ABLATION_TITLES = {
     "full": "no mask (full attention)",
     "independent": "independent scenes",
 }
-ABLATION_COMMAND = "python benchmarks/ablation.py --out {out} --seeds 0 --variants full independent"
-
-
 def ablation_command(ablation_dir: str, pretrain_dir: str | None) -> str:
     """The command that trains the contact sheet's ablation models: like the demo's stage 2,
     from stage 1's weights (``pretrain_dir``) when stage 1 ran, else from random weights."""
-    command = ABLATION_COMMAND.format(out=ablation_dir)
+    command = f"python benchmarks/ablation.py --out {ablation_dir} --seeds 0"
+    command += " --variants full independent"
     return command + (f" --init_from {pretrain_dir}" if pretrain_dir else "")
 
 
