@@ -112,6 +112,8 @@ ABLATION_TITLES = {
     "full": "no mask (full attention)",
     "independent": "independent scenes",
 }
+
+
 def ablation_command(ablation_dir: str, pretrain_dir: str | None) -> str:
     """The command that trains the contact sheet's ablation models: like the demo's stage 2,
     from stage 1's weights (``pretrain_dir``) when stage 1 ran, else from random weights."""
