@@ -62,3 +62,21 @@ def test_static_object_has_no_motion():
         "motion": "none",
         "background": "black",
     }
+
+
+def test_shape_report_on_references_is_exact():
+    geometry = ss.ShapesGeometry()
+    source = ss.SyntheticShapesSource(24, 1, geometry, seed=3)
+    scenes = [source[i]["video"] for i in range(24)]
+    shapes = [int(source[i]["attrs_shape"]) for i in range(24)]
+    report = det.shape_report(scenes, shapes)
+    confusion = np.asarray(report["confusion"])
+    assert confusion.sum() == 24 and np.trace(confusion) == 24  # every reference read right
+    expected = {name: ss.shape_template(name, 8).sum() for name in ss.SHAPES}  # 64 / 52 / 28
+    for name in ss.SHAPES:
+        if name in {ss.SHAPES[s] for s in shapes}:
+            assert report["area"][name] == pytest.approx(expected[name])
+    blank = np.broadcast_to(ss.BACKGROUND_RGB[0], (4, 16, 16, 3)).astype(np.uint8)
+    assert det.shape_report([blank], [2])["confusion"][2] == [0, 0, 0, 1]  # "none"
+    with pytest.raises(ValueError, match="one shape per scene"):
+        det.shape_report(scenes, shapes[:3])

@@ -13,6 +13,9 @@ Each function takes one scene ``(F, H, W, 3) uint8`` and returns a vocabulary na
 - shape: the object's bounding box resized to 16x16 and compared (IoU) with each shape
   template; majority vote over frames. Size-invariant, so a generated object of the wrong
   size still gets its shape read.
+
+``shape_report(scenes, shapes)`` sums the shape detector over many scenes: mean object area per
+captioned shape and the confusion matrix (``benchmarks/shape_probe.py`` prints both).
 """
 
 from __future__ import annotations
@@ -129,6 +132,28 @@ def detect_shape(video, mask: np.ndarray | None = None) -> str:
             scores = _frame_shape_scores(mask[f])
             votes[int(np.argmax(scores))] += 1
     return SHAPES[int(np.argmax(votes))] if votes.any() else NONE
+
+
+def shape_report(scenes, shapes) -> dict:
+    """How generated objects follow their captioned shape.
+
+    ``scenes``: N single scenes (F, H, W, 3) uint8; ``shapes``: (N,) captioned shape indices.
+    Returns {"area": {shape name: mean object pixels per frame}, "confusion": (K, K + 1) list
+    of counts, rows = captioned shape, columns = detected shape then "none"}.
+    """
+    if len(scenes) != len(shapes):
+        raise ValueError(f"need one shape per scene, got {len(scenes)} scenes, {len(shapes)}")
+    areas = {name: [] for name in SHAPES}
+    confusion = np.zeros((len(SHAPES), len(SHAPES) + 1), int)
+    for scene, shape in zip(scenes, shapes):
+        mask = object_mask(scene)
+        areas[SHAPES[shape]].append(float(mask.sum((1, 2)).mean()))
+        found = detect_shape(scene, mask)
+        confusion[shape, SHAPES.index(found) if found in SHAPES else len(SHAPES)] += 1
+    return {
+        "area": {k: float(np.mean(v)) if v else float("nan") for k, v in areas.items()},
+        "confusion": confusion.tolist(),
+    }
 
 
 def detect(video_scene) -> dict[str, str]:
