@@ -26,15 +26,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-
-def _override(text: str) -> tuple[str, object]:
-    if "=" not in text:
-        raise argparse.ArgumentTypeError(f"--set expects key=value, got {text!r}")
-    key, value = text.split("=", 1)
-    try:
-        return key, json.loads(value)
-    except json.JSONDecodeError:
-        return key, value
+from launch.demo import parse_override  # noqa: E402  (the demo's --set convention)
 
 
 def main(argv=None) -> dict:
@@ -42,7 +34,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--workdir", required=True)
     parser.add_argument(
         "--set",
-        type=_override,
+        type=parse_override,
         action="append",
         default=[],
         dest="overrides",

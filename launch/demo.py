@@ -449,7 +449,9 @@ def run_demo(
     return report
 
 
-def _parse_override(text: str) -> tuple[str, Any]:
+def parse_override(text: str) -> tuple[str, Any]:
+    """``--set key=value`` -> (key, value): JSON when it parses (numbers, bools, lists), else
+    the string."""
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"--set expects key=value, got {text!r}")
     key, value = text.split("=", 1)
@@ -481,7 +483,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument(
         "--set",
-        type=_parse_override,
+        type=parse_override,
         action="append",
         default=[],
         metavar="KEY=VALUE",
@@ -490,7 +492,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     parser.add_argument(
         "--set_pretrain",
-        type=_parse_override,
+        type=parse_override,
         action="append",
         default=[],
         metavar="KEY=VALUE",
