@@ -90,7 +90,7 @@ def main(argv=None) -> dict:
     summary, _ = synthetic_metrics.score_videos(videos, scripts)
     report = {
         "overrides": overrides,
-        "sampler": vars(args) | {"overrides": None},
+        "args": {k: v for k, v in vars(args).items() if k != "overrides"},
         "steps": int(result["step"]),
         "train_s": train_s,
         "mean_step_time_s": result.get("mean_step_time_s"),

@@ -20,6 +20,8 @@ captioned shape and the confusion matrix (``benchmarks/shape_probe.py`` prints b
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 from scipy import ndimage
 
@@ -134,7 +136,7 @@ def detect_shape(video, mask: np.ndarray | None = None) -> str:
     return SHAPES[int(np.argmax(votes))] if votes.any() else NONE
 
 
-def shape_report(scenes, shapes) -> dict:
+def shape_report(scenes: Sequence[np.ndarray], shapes: Sequence[int]) -> dict:
     """How generated objects follow their captioned shape.
 
     ``scenes``: N single scenes (F, H, W, 3) uint8; ``shapes``: (N,) captioned shape indices.
