@@ -12,6 +12,12 @@ captioned shape (the data: 64 / 52 / 28 px for square / circle / plus at 16x16) 
 shape confusion matrix (rows: captioned, columns: detected square / circle / plus / none).
 Writes ``probe.json`` and ``probe_sheet.png`` (the first 12 samples) to the workdir.
 
+``--restart 600,400,200`` also asks *where* the outline is lost: the held-out scripts'
+reference renders are noised to each of these timesteps (the first sampler step at or below
+it) and denoised from there by the same sampler (``SamplingPipeline.sample_latents(...,
+start_step=k)``, SDEdit-style), then scored like the samples. A model that keeps the shape
+from t = 200 but not from t = 600 loses the outline in between.
+
 The README's "Making motion and shape visible: what was tried" reports its figures; the probe
 isolates what stage 1 learns in ~1/3 of a demo's time, before stage 2 adds mask 1 and mask 2.
 """
@@ -50,7 +56,16 @@ def main(argv=None) -> dict:
         help="> 1 needs --set diffusion.caption_dropout=0.1 (or more)",
     )
     parser.add_argument("--seed", type=int, default=0, help="scripts and sampler noise")
+    parser.add_argument(
+        "--restart",
+        default="",
+        help="comma-separated timesteps, e.g. 600,400,200: also denoise the references "
+        "noised to each (see the module doc)",
+    )
     args = parser.parse_args(argv)
+    restart_ts = [int(t) for t in args.restart.split(",") if t.strip()]
+    if any(not 0 <= t < 1000 for t in restart_ts):
+        raise SystemExit(f"--restart timesteps must be in [0, 1000), got {restart_ts}")
 
     from configs import demo
     from m2dit_jax import media
@@ -88,6 +103,9 @@ def main(argv=None) -> dict:
     )
     videos = list(pipe.decode_latents(pipe.sample_latents(captions, sampler)))
     summary, _ = synthetic_metrics.score_videos(videos, scripts)
+    restarts = {}
+    if restart_ts:
+        restarts = _restarts(pipe, config, scripts, captions, sampler, restart_ts, args.seed)
     report = {
         "overrides": overrides,
         "args": {k: v for k, v in vars(args).items() if k != "overrides"},
@@ -98,6 +116,8 @@ def main(argv=None) -> dict:
         "scores": {k: v for k, v in summary.items() if v == v},  # drop NaN (1-scene: none)
         **shape_report(videos, [s.shape for s in scripts]),
     }
+    if restarts:
+        report["restart"] = restarts
     with open(os.path.join(args.workdir, "probe.json"), "w") as f:
         json.dump(report, f, indent=1)
     media.write_contact_sheet(
@@ -105,6 +125,38 @@ def main(argv=None) -> dict:
     )
     print(json.dumps(report, indent=1))
     return report
+
+
+def _restarts(pipe, config, scripts, captions, sampler, timesteps, seed) -> dict:
+    """{t: scores + confusion} of the references noised to ~t and denoised from there."""
+    import jax
+    import numpy as np
+
+    from m2dit_jax.data.synthetic_shapes import ShapesGeometry, render_script
+    from m2dit_jax.diffusion.samplers import step_timestep
+    from m2dit_jax.eval import synthetic_metrics
+    from m2dit_jax.eval.shapes_detectors import shape_report
+
+    d = config.data
+    geometry = ShapesGeometry(frames=int(d.frames), height=int(d.height), width=int(d.width))
+    refs = [render_script(s, geometry, seed=[seed, 1, i])[1] for i, s in enumerate(scripts)]
+    x0 = np.concatenate([np.asarray(pipe.encode_video(r)) for r in refs])
+    table = [step_timestep(pipe.schedule, sampler.steps, k) for k in range(sampler.steps)]
+    out = {}
+    for t in timesteps:
+        k = next(i for i, step_t in enumerate(table) if step_t <= t)
+        eps = jax.random.normal(jax.random.key(seed + 1), x0.shape)
+        xt = pipe.schedule.add_noise(x0, eps, np.full((len(refs),), table[k]))
+        lat = pipe.sample_latents(captions, sampler, noise=xt, start_step=k)
+        videos = list(pipe.decode_latents(lat))
+        summary, _ = synthetic_metrics.score_videos(videos, scripts)
+        out[str(t)] = {
+            "timestep": table[k],
+            "start_step": k,
+            "scores": {key: v for key, v in summary.items() if v == v},
+            "confusion": shape_report(videos, [s.shape for s in scripts])["confusion"],
+        }
+    return out
 
 
 if __name__ == "__main__":

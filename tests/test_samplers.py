@@ -171,3 +171,44 @@ def test_sampling_is_seeded_and_bad_input_raises():
         ddim_sample(jax_denoise, noise, schedule=sched, num_scenes=3)
     with pytest.raises(ValueError, match="num_steps"):
         ddim_sample(jax_denoise, noise, schedule=sched, num_steps=0)
+
+
+def test_start_step_continues_a_run_from_its_latents():
+    """A DDIM run restarted at step k from the full run's latents after step k-1 ends where the
+    full run ends (bit for bit); DPM's restart step is first order; bad start steps raise."""
+    from m2dit_jax.diffusion.samplers import step_timestep
+
+    sched = CogVideoXSchedule.create()
+    noise = jax.random.normal(jax.random.key(7), SHAPE)
+    full, traj = ddim_sample(
+        jax_denoise, noise, schedule=sched, num_steps=6, num_scenes=2, return_trajectory=True
+    )
+    seen = []
+
+    def denoise(x, timesteps):
+        jax.debug.callback(lambda t: seen.append(int(np.asarray(t)[0, 0])), timesteps)
+        return jax_denoise(x, timesteps)
+
+    part, ptraj = ddim_sample(
+        denoise, traj[2], schedule=sched, num_steps=6, num_scenes=2, start_step=3,
+        return_trajectory=True,
+    )  # fmt: skip
+    np.testing.assert_array_equal(np.asarray(part), np.asarray(full))
+    assert ptraj.shape[0] == 3
+    assert seen == [int(t) for t in sched.timesteps(6)[3:]]
+    assert seen[0] == step_timestep(sched, 6, 3)
+    # DPM: the restart step is first order (d = x0 of this step, no previous x0) and draws
+    # the noise of its own step index, as in a full run
+    kw = dict(schedule=sched, num_steps=6, num_scenes=2, rng=jax.random.key(3))
+    x = traj[3]
+    last = dpm_sample(jax_denoise, x, start_step=5, **kw)
+    c = {k: float(v[5]) for k, v in dpm_coefficients(sched, 6).items()}
+    x0 = c["sqrt_a"] * x - c["sqrt_1ma"] * jax_denoise(x, jnp.full((2, 2), c["timesteps"]))
+    z = jax.random.normal(jax.random.fold_in(jax.random.key(3), 5), x.shape)
+    want = c["m1"] * x - c["m2"] * x0 + c["m_noise"] * z
+    np.testing.assert_allclose(np.asarray(last), np.asarray(want), rtol=1e-5, atol=1e-5)
+    for bad in (-1, 6, True, 1.5):
+        with pytest.raises(ValueError, match="start_step"):
+            ddim_sample(jax_denoise, noise, schedule=sched, num_steps=6, start_step=bad)
+    with pytest.raises(ValueError, match="step must be in"):
+        step_timestep(sched, 6, 6)

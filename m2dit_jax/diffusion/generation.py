@@ -94,6 +94,7 @@ def _sampling_fn(model: Any, apply: Callable, static: tuple) -> Callable:
             progress,
             callback,
             scene_frames,
+            start_step,
         ) = static
         method = _method(model) if cache_conditions else None
         # mask 1 (release) or the causal-condition mask; conditions lead the window
@@ -166,6 +167,7 @@ def _sampling_fn(model: Any, apply: Callable, static: tuple) -> Callable:
                 num_steps=num_steps,
                 num_scenes=num_scenes,
                 scene_frames=scene_frames,
+                start_step=start_step,
             )
             if progress or callback:
                 kwargs["step_hook"] = hook
@@ -307,6 +309,7 @@ def sample_from_noise(
     progress: Callable[[], None] | None = None,
     callback: Callable[[int, int, np.ndarray], None] | None = None,
     scene_frames: Sequence[int] | None = None,
+    start_step: int = 0,
 ) -> jax.Array:
     """The one sampling loop behind ``generate``, ``extend`` and ``SamplingPipeline``.
 
@@ -329,6 +332,9 @@ def sample_from_noise(
         ``callback_on_step_end``.
       scene_frames: per-scene latent frames (S,) when scenes differ in length; ``noise`` is
         then (B, F_1+..+F_S, H, W, C). None = S equal scenes.
+      start_step: skip the first sampler steps: ``noise`` holds the latents at timestep
+        ``samplers.step_timestep(schedule, num_steps, start_step)`` (partial denoising of
+        noised latents, SDEdit-style; 0 = the whole run).
     """
     _check_common(num_steps, sampler, guidance_scale)
     schedule = schedule if schedule is not None else CogVideoXSchedule.create()
@@ -381,6 +387,7 @@ def sample_from_noise(
         progress is not None,
         callback is not None,
         scene_frames,
+        start_step,  # validated by the sampler loop (an int in [0, num_steps))
     )
     fn = _sampling_fn(model, apply, static)
     if condition_latents is None:

@@ -102,6 +102,14 @@ def dpm_coefficients(schedule: CogVideoXSchedule, num_steps: int) -> dict[str, n
     return out
 
 
+def step_timestep(schedule: CogVideoXSchedule, num_steps: int, step: int) -> int:
+    """The timestep sampler step ``step`` (0-based) of ``num_steps`` denoises from."""
+    steps = schedule.timesteps(num_steps)
+    if not 0 <= step < num_steps:
+        raise ValueError(f"step must be in [0, num_steps={num_steps}), got {step}")
+    return int(steps[step])
+
+
 # ---------------------------------------------------------------------- the loop
 def _prepare_mask(generate_mask: Any, batch: int, num_scenes: int) -> jax.Array:
     if generate_mask is None:
@@ -130,7 +138,12 @@ def _sample_loop(
     return_trajectory: bool,
     step_hook: StepHook | None = None,
     scene_frames: tuple[int, ...] | None = None,
+    start_step: int = 0,
 ):
+    if isinstance(start_step, bool) or not isinstance(start_step, (int, np.integer)):
+        raise ValueError(f"start_step must be an int, got {start_step!r}")
+    if not 0 <= start_step < num_steps:
+        raise ValueError(f"start_step must be in [0, num_steps={num_steps}), got {start_step}")
     if noise.ndim != 5:
         raise ValueError(f"noise must be (B, S*F, H, W, C), got shape {noise.shape}")
     batch = noise.shape[0]
@@ -163,11 +176,15 @@ def _sample_loop(
             raise ValueError("dpm_sample needs rng (its steps inject fresh noise)")
     else:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {kind!r}")
+    if start_step and kind == "dpm":  # no previous x0 at a restart: a first-order step
+        tables = dict(tables, m3=tables["m3"].copy(), m4=tables["m4"].copy())
+        tables["m3"][start_step], tables["m4"][start_step] = 1.0, 0.0
     dtype = noise.dtype
     xs = {
-        k: jnp.asarray(v, jnp.int32 if k == "timesteps" else jnp.float32) for k, v in tables.items()
+        k: jnp.asarray(v[start_step:], jnp.int32 if k == "timesteps" else jnp.float32)
+        for k, v in tables.items()
     }
-    xs["index"] = jnp.arange(num_steps, dtype=jnp.int32)
+    xs["index"] = jnp.arange(start_step, num_steps, dtype=jnp.int32)
     gen_int = gen.astype(jnp.int32)
 
     def step(carry, c):
@@ -204,6 +221,7 @@ def ddim_sample(
     return_trajectory: bool = False,
     step_hook: StepHook | None = None,
     scene_frames: tuple[int, ...] | None = None,
+    start_step: int = 0,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
     """CogVideoX DDIM (deterministic) from ``noise`` (B, S*F, H, W, C); jittable.
 
@@ -215,11 +233,15 @@ def ddim_sample(
       num_scenes: S (how the frame axis splits into scenes).
       generate_mask: optional (S,) or (B, S) bool mask 2 (True = generated).
       condition_latents: clean latents (B, S*F, H, W, C) for the condition scenes.
-      return_trajectory: also return the (num_steps, B, S*F, H, W, C) latents after each step.
+      return_trajectory: also return the (num_steps - start_step, B, S*F, H, W, C) latents
+        after each step run.
       step_hook: ``step_hook(step, timestep, latents)`` traced once per step with the step
         index, that step's timestep and the latents after it (conditions already reset).
       scene_frames: per-scene latent frames when scenes differ in length (the frame axis is
         then F_1+..+F_S); None = S equal scenes.
+      start_step: run steps ``start_step .. num_steps - 1`` only: ``noise`` is then the
+        latents at that step's timestep (``step_timestep``), e.g. clean latents noised with
+        ``schedule.add_noise`` (SDEdit-style partial denoising; 0 = from pure noise).
     """
     return _sample_loop(
         "ddim",
@@ -234,6 +256,7 @@ def ddim_sample(
         return_trajectory=return_trajectory,
         step_hook=step_hook,
         scene_frames=scene_frames,
+        start_step=start_step,
     )
 
 
@@ -250,10 +273,12 @@ def dpm_sample(
     return_trajectory: bool = False,
     step_hook: StepHook | None = None,
     scene_frames: tuple[int, ...] | None = None,
+    start_step: int = 0,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
     """CogVideoX DPM-Solver++(2M) SDE sampler; arguments as ``ddim_sample`` plus ``rng``.
 
-    Step i draws its noise as ``jax.random.normal(jax.random.fold_in(rng, i), x.shape)``.
+    Step i draws its noise as ``jax.random.normal(jax.random.fold_in(rng, i), x.shape)``;
+    with ``start_step`` > 0 the first step run is first order (no previous x0).
     """
     return _sample_loop(
         "dpm",
@@ -268,4 +293,5 @@ def dpm_sample(
         return_trajectory=return_trajectory,
         step_hook=step_hook,
         scene_frames=scene_frames,
+        start_step=start_step,
     )

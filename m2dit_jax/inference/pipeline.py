@@ -521,7 +521,7 @@ class SamplingPipeline:
         if self.progress:
             from tqdm import tqdm
 
-            bar = tqdm(total=sampler.steps, desc=desc, unit="step")
+            bar = tqdm(total=sampler.steps - kwargs.get("start_step", 0), desc=desc, unit="step")
         try:
             return sample_from_noise(
                 self.model,
@@ -550,6 +550,7 @@ class SamplingPipeline:
         guidance_schedule: Sequence[float] | None = None,
         callback: StepCallback | None = None,
         scene_frames: Sequence[int] | None = None,
+        start_step: int = 0,
     ) -> jax.Array:
         """B videos of S = num_scenes scenes sampled jointly -> latents (B, S*F', h, w, C).
 
@@ -560,7 +561,15 @@ class SamplingPipeline:
         ``guidance_schedule``: one CFG scale per sampler step (instead of the sampler's
         ``guidance_scale`` / ``dynamic_cfg``). ``callback(step, timestep, latents)``: called
         after every denoising step with the latents (numpy; read-only).
+        ``start_step`` > 0: partial denoising (SDEdit-style) — ``noise`` (required) holds the
+        latents at ``samplers.step_timestep(self.schedule, sampler.steps, start_step)``, e.g.
+        encoded videos noised with ``self.schedule.add_noise``; the sampler runs the rest.
         """
+        if start_step and noise is None:
+            raise ValueError(
+                "start_step > 0 needs noise: the latents at that step's timestep (e.g. encoded "
+                "videos noised with schedule.add_noise)"
+            )
         s = self.video.num_scenes
         if any(len(c) != s for c in captions):
             raise ValueError(f"this model samples {s} scenes jointly; give {s} captions per video")
@@ -583,6 +592,7 @@ class SamplingPipeline:
             callback=callback,
             desc=f"{s} scenes",
             scene_frames=None if scene_frames is None else tuple(scene_frames),
+            start_step=start_step,
         )
 
     def extend_latents(
