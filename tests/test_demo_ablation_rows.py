@@ -10,6 +10,7 @@ import shutil
 
 import numpy as np
 import pytest
+from bundle_helpers import write_tiny_bundle
 
 from launch.demo import ablation_sheet_rows
 from m2dit_jax.ablation import find_ablation_bundles
@@ -17,29 +18,14 @@ from m2dit_jax.data.synthetic_shapes import sample_held_out_scripts
 from m2dit_jax.inference import bundle as bundle_lib
 from m2dit_jax.inference.pipeline import SamplingPipeline
 from m2dit_jax.inference.script import SamplerOptions
-from m2dit_jax.model import create_model, get_model_config
 
-ENCODERS = {
-    "text": {"kind": "hashed", "text_len": 8, "dim": 32, "seed": 0},
-    "video": {"kind": "space_to_depth", "patch_t": 1, "patch_s": 2},
-}
 VIDEO = {"num_scenes": 3, "frames": 2, "height": 8, "width": 8}
 
 
 @pytest.fixture(scope="module")
 def run_folder(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo")
-    config = get_model_config(
-        "tiny", num_layers=1, in_channels=12, out_channels=12, sample_height=4, sample_width=4
-    )
-    model = create_model(config, seed=3)
-    main = bundle_lib.write_bundle(
-        str(root / "bundle"),
-        bundle_lib.flat_params(model),
-        model_config=model.config,
-        encoders=ENCODERS,
-        video=VIDEO,
-    )
+    main = write_tiny_bundle(str(root / "bundle"), VIDEO, seed=3)
     for run in ("full_s0", "full_s1", "independent_s0", "mask2dit_s0"):
         shutil.copytree(main, root / "ablation" / run / "bundle")
     os.makedirs(root / "ablation" / "independent_s-1")  # not a run folder

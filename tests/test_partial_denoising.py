@@ -5,34 +5,19 @@ run ends, with and without classifier-free guidance; missing latents are an erro
 
 import numpy as np
 import pytest
+from bundle_helpers import write_tiny_bundle
 
 from m2dit_jax.inference import bundle as bundle_lib
 from m2dit_jax.inference.pipeline import SamplingPipeline
 from m2dit_jax.inference.script import SamplerOptions
-from m2dit_jax.model import create_model, get_model_config
 
-ENCODERS = {
-    "text": {"kind": "hashed", "text_len": 8, "dim": 32, "seed": 0},
-    "video": {"kind": "space_to_depth", "patch_t": 1, "patch_s": 2},
-}
 VIDEO = {"num_scenes": 2, "frames": 2, "height": 8, "width": 8}
 CAPTIONS = [["a red square moves left", "the object turns blue and moves up"]] * 2
 
 
 @pytest.fixture(scope="module")
 def pipe(tmp_path_factory):
-    root = tmp_path_factory.mktemp("partial")
-    config = get_model_config(
-        "tiny", num_layers=1, in_channels=12, out_channels=12, sample_height=4, sample_width=4
-    )
-    model = create_model(config, seed=1)
-    path = bundle_lib.write_bundle(
-        str(root / "bundle"),
-        bundle_lib.flat_params(model),
-        model_config=model.config,
-        encoders=ENCODERS,
-        video=VIDEO,
-    )
+    path = write_tiny_bundle(str(tmp_path_factory.mktemp("partial") / "bundle"), VIDEO, seed=1)
     return SamplingPipeline.from_bundle(bundle_lib.load_bundle(path))
 
 
