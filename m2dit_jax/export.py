@@ -178,6 +178,7 @@ def encoders_from_data(data: dict[str, Any]) -> tuple[dict, dict]:
             "kind": "space_to_depth",
             "patch_t": int(data["patch_t"]),
             "patch_s": int(data["patch_s"]),
+            "detail_scale": float(data.get("detail_scale", 1.0)),
         },
     }
     video = {k: int(data[k]) for k in ("num_scenes", "frames", "height", "width")}

@@ -116,6 +116,11 @@ def test_encode_stage_adds_text_and_latents():
     scenes = batch["latents"].reshape(6, 2, 4, 4, 96)
     decoded = SpaceToDepthAutoencoder(2, 4).decode(scenes).reshape(2, 12, 16, 16, 3)
     np.testing.assert_array_equal(decoded, batch["video"])
+    config.detail_scale = 3.0  # the same clips, detail coefficients scaled
+    scaled = next(make_dataset(config, seed=0, batch_size=2))
+    ae = SpaceToDepthAutoencoder(2, 4, detail_scale=3.0)
+    np.testing.assert_array_equal(scaled["video"], batch["video"])
+    np.testing.assert_allclose(scaled["latents"], ae.encode(batch["video"]), atol=1e-6)
 
 
 def test_latents_source(tmp_path):
@@ -160,6 +165,8 @@ def test_latents_source(tmp_path):
         (dict(stage=3), "stage"),
         (dict(source="manifest"), "path"),
         (dict(video_encoder="space_to_depth", patch_s=3), "patch_s"),
+        (dict(video_encoder="space_to_depth", detail_scale=0.0), "detail_scale"),
+        (dict(detail_scale=2.0), "detail_scale"),
         (dict(source="latents", path="x", text_encoder="hashed"), "text_encoder"),
     ],
 )

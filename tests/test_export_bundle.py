@@ -92,3 +92,32 @@ def test_bundle_records_the_extension_mask(model, tmp_path):
     assert plain.extension_mask == "mask2dit" and plain.extension_mask_recorded is None
     with pytest.raises(ValueError, match="cond_mask_mode='causal_conditions'"):
         plain.check_cache_conditions()
+
+
+def test_detail_scale_travels_with_the_bundle(model, tmp_path):
+    """A bundle's space-to-depth detail_scale is restored on load (absent = the plain fold),
+    so the pipeline decodes the model's latents as the training data encoded them."""
+    from m2dit_jax.encoders.pixel import SpaceToDepthAutoencoder
+    from m2dit_jax.inference.pipeline import SamplingPipeline
+
+    params = bundle_lib.flat_params(model)
+    video = {**ENCODERS["video"], "detail_scale": 2.5}
+    out = bundle_lib.write_bundle(
+        str(tmp_path / "d"), params, model_config=model.config,
+        encoders={**ENCODERS, "video": video}, video=VIDEO,
+    )  # fmt: skip
+    loaded = bundle_lib.load_bundle(out)
+    assert loaded.autoencoder.detail_scale == 2.5
+    frames = np.random.default_rng(0).integers(0, 256, (6, 8, 8, 3), dtype=np.uint8)
+    lat = SpaceToDepthAutoencoder(1, 2, detail_scale=2.5).encode(frames[None])
+    pipe = SamplingPipeline.from_bundle(loaded)
+    np.testing.assert_array_equal(pipe.decode_latents(lat)[0], frames)
+    plain = bundle_lib.write_bundle(
+        str(tmp_path / "p"), params, model_config=model.config, encoders=ENCODERS, video=VIDEO
+    )
+    assert bundle_lib.load_bundle(plain).autoencoder.detail_scale == 1.0
+    with pytest.raises(ValueError, match="detail_scale"):
+        bundle_lib.write_bundle(
+            str(tmp_path / "bad"), params, model_config=model.config,
+            encoders={**ENCODERS, "video": {**video, "detail_scale": 0}}, video=VIDEO,
+        )  # fmt: skip

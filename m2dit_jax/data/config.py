@@ -41,9 +41,12 @@ def default_data_config() -> ml_collections.ConfigDict:
         motion in px/frame (0 = as large as fits).
       text_encoder: "none" | "hashed" (``HashedWordEncoder(text_len, text_dim, text_seed)``)
         -> adds ``text_embeds`` (B, S*T, D) float32 and ``text_mask`` (B, S*T) bool.
-      video_encoder: "none" | "space_to_depth" (``SpaceToDepthAutoencoder(patch_t, patch_s)``)
-        -> adds ``latents`` (B, S*F/patch_t, H/patch_s, W/patch_s, 3*patch_t*patch_s^2)
-        (ragged: sum_i F_i/patch_t frames, each scene encoded on its own).
+      video_encoder: "none" | "space_to_depth" (``SpaceToDepthAutoencoder(patch_t, patch_s,
+        detail_scale)``) -> adds ``latents`` (B, S*F/patch_t, H/patch_s, W/patch_s,
+        3*patch_t*patch_s^2) (ragged: sum_i F_i/patch_t frames, each scene encoded on its own).
+      detail_scale: space_to_depth only: 1.0 = the plain fold; s != 1 stores each block in a
+        DCT basis with its detail coefficients times s (their SNR s^2 times higher at every
+        timestep; see ``m2dit_jax.encoders.pixel``).
       ragged: scenes of their own lengths. False (default) = every scene has ``frames`` pixel
         frames (the batches of before). True = each scene's pixel frame count is an allowed
         count (below) drawn or derived per sample, and samples of equal layout are bucketed
@@ -140,6 +143,7 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.video_encoder = "none"
     c.patch_t = 1
     c.patch_s = 1
+    c.detail_scale = 1.0
     c.ragged = False
     c.min_frames = 2
     c.max_frames = 6
@@ -194,6 +198,18 @@ def validate_data_config(c) -> None:
             need(c.frames % c.patch_t == 0, "patch_t", "must divide frames")
         for side in ("height", "width"):
             need(int(c.patch_s) > 0 and c[side] % c.patch_s == 0, "patch_s", f"must divide {side}")
+        need(float(c.get("detail_scale", 1.0)) > 0, "detail_scale", "must be > 0")
+        need(
+            float(c.get("detail_scale", 1.0)) == 1.0 or int(c.patch_t) * int(c.patch_s) ** 2 > 1,
+            "detail_scale",
+            "needs blocks of more than one pixel (patch_t / patch_s > 1)",
+        )
+    else:
+        need(
+            float(c.get("detail_scale", 1.0)) == 1.0,
+            "detail_scale",
+            "applies to video_encoder='space_to_depth' only",
+        )
 
 
 def _validate_ragged(c, need) -> None:

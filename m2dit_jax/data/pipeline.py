@@ -133,6 +133,7 @@ class EncodeStage:
         self.text = (config.text_encoder, int(config.text_len), int(config.text_dim))
         self.text_seed = int(config.text_seed)
         self.video = (config.video_encoder, int(config.patch_t), int(config.patch_s))
+        self.detail_scale = float(config.get("detail_scale", 1.0))
         self._text_encoder = None
         self._video_encoder = None
 
@@ -154,7 +155,9 @@ class EncodeStage:
             if self._video_encoder is None:
                 from m2dit_jax.encoders.pixel import SpaceToDepthAutoencoder
 
-                self._video_encoder = SpaceToDepthAutoencoder(self.video[1], self.video[2])
+                self._video_encoder = SpaceToDepthAutoencoder(
+                    self.video[1], self.video[2], self.detail_scale
+                )
             video = batch["video"]
             b, sf = video.shape[:2]
             pixel = batch["scene_frames"]

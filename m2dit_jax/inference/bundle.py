@@ -96,6 +96,9 @@ def check_encoders(encoders: dict, model_config: Any) -> None:
             f"text encoder ({text['text_len']} tokens x {text['dim']}) does not match the model "
             f"(text_len={model_config['text_len']}, text_dim={model_config['text_dim']})"
         )
+    scale = video.get("detail_scale", 1.0)
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
+        raise ValueError(f"encoders.video.detail_scale must be a number > 0, got {scale!r}")
     channels = 3 * video["patch_t"] * video["patch_s"] ** 2
     if channels != model_config["in_channels"]:
         raise ValueError(
@@ -108,7 +111,10 @@ def make_encoders(encoders: dict) -> tuple[Any, Any]:
     text, video = encoders["text"], encoders["video"]
     return (
         HashedWordEncoder(text["text_len"], text["dim"], text.get("seed", 0)),
-        SpaceToDepthAutoencoder(video["patch_t"], video["patch_s"]),
+        # detail_scale: bundles written before it existed are the plain fold
+        SpaceToDepthAutoencoder(
+            video["patch_t"], video["patch_s"], float(video.get("detail_scale", 1.0))
+        ),
     )
 
 
@@ -149,7 +155,8 @@ def write_bundle(
       params: flat ``{path: array}`` transformer weights (``flat_params``), EMA or raw.
       model_config: the model ConfigDict / dict (``m2dit_jax.model.get_model_config`` fields).
       encoders: ``{"text": {"kind": "hashed", "text_len", "dim", "seed"},
-        "video": {"kind": "space_to_depth", "patch_t", "patch_s"}}``.
+        "video": {"kind": "space_to_depth", "patch_t", "patch_s", "detail_scale" (optional,
+        1.0 = the plain fold)}}``.
       video: ``{"num_scenes", "frames", "height", "width", "fps"}`` — pixel frames per scene.
       weights_dtype: "float32" or "bfloat16" (halves the file; cast back on load).
       source: free-form provenance (workdir, step, which weights) recorded in config.json.

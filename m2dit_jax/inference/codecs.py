@@ -123,11 +123,7 @@ class PixelVideo:
         return latent_frames * self.autoencoder.patch_t
 
     def decode(self, latents: np.ndarray) -> np.ndarray:
-        lat = np.asarray(latents, np.float32)
-        b, lf, lh, lw, _ = lat.shape
-        pt, ps = self.autoencoder.patch_t, self.autoencoder.patch_s
-        x = lat.reshape(b, lf, lh, lw, pt, ps, ps, 3).transpose(0, 1, 4, 2, 5, 3, 6, 7)
-        return x.reshape(b, lf * pt, lh * ps, lw * ps, 3)
+        return self.autoencoder.to_pixels(latents)
 
     def release(self) -> None:
         pass
