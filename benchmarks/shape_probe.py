@@ -133,7 +133,6 @@ def _restarts(pipe, config, scripts, captions, sampler, timesteps, seed) -> dict
     import numpy as np
 
     from m2dit_jax.data.synthetic_shapes import ShapesGeometry, render_script
-    from m2dit_jax.diffusion.samplers import step_timestep
     from m2dit_jax.eval import synthetic_metrics
     from m2dit_jax.eval.shapes_detectors import shape_report
 
@@ -141,11 +140,11 @@ def _restarts(pipe, config, scripts, captions, sampler, timesteps, seed) -> dict
     geometry = ShapesGeometry(frames=int(d.frames), height=int(d.height), width=int(d.width))
     refs = [render_script(s, geometry, seed=[seed, 1, i])[1] for i, s in enumerate(scripts)]
     x0 = np.concatenate([np.asarray(pipe.encode_video(r)) for r in refs])
-    table = [step_timestep(pipe.schedule, sampler.steps, k) for k in range(sampler.steps)]
+    table = [int(t) for t in pipe.schedule.timesteps(sampler.steps)]
+    eps = jax.random.normal(jax.random.key(seed + 1), x0.shape)  # the same noise at every t
     out = {}
     for t in timesteps:
         k = next(i for i, step_t in enumerate(table) if step_t <= t)
-        eps = jax.random.normal(jax.random.key(seed + 1), x0.shape)
         xt = pipe.schedule.add_noise(x0, eps, np.full((len(refs),), table[k]))
         lat = pipe.sample_latents(captions, sampler, noise=xt, start_step=k)
         videos = list(pipe.decode_latents(lat))

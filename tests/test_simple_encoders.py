@@ -44,7 +44,7 @@ def test_detail_scale_is_a_scaled_orthonormal_block_transform():
     flat = np.full((1, 2, 4, 4, 3), 200, np.uint8)
     assert np.abs(scaled.encode(flat).reshape(1, 1, 2, 2, 8, 3)[..., 1:, :]).max() < 1e-6
     np.testing.assert_array_equal(SpaceToDepthAutoencoder(2, 2, 1.0).encode(video), ref)
-    for bad in (0.0, -1.0, "2"):
+    for bad in (0.0, -1.0, "2", True):
         with pytest.raises(ValueError, match="detail_scale"):
             SpaceToDepthAutoencoder(2, 2, detail_scale=bad)
     with pytest.raises(ValueError, match="more than one pixel"):

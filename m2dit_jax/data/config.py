@@ -192,24 +192,21 @@ def validate_data_config(c) -> None:
         need(c.video_encoder == "none", "video_encoder", "latents shards are already encoded")
     _validate_ragged(c, need)
     _validate_packing(c, need)
+    detail_scale = float(c.get("detail_scale", 1.0))
     if c.video_encoder == "space_to_depth":
         need(int(c.patch_t) > 0, "patch_t", "must be a positive int")
         if not c.get("ragged", False):
             need(c.frames % c.patch_t == 0, "patch_t", "must divide frames")
         for side in ("height", "width"):
             need(int(c.patch_s) > 0 and c[side] % c.patch_s == 0, "patch_s", f"must divide {side}")
-        need(float(c.get("detail_scale", 1.0)) > 0, "detail_scale", "must be > 0")
+        need(detail_scale > 0, "detail_scale", "must be > 0")
         need(
-            float(c.get("detail_scale", 1.0)) == 1.0 or int(c.patch_t) * int(c.patch_s) ** 2 > 1,
+            detail_scale == 1.0 or int(c.patch_t) * int(c.patch_s) ** 2 > 1,
             "detail_scale",
             "needs blocks of more than one pixel (patch_t / patch_s > 1)",
         )
     else:
-        need(
-            float(c.get("detail_scale", 1.0)) == 1.0,
-            "detail_scale",
-            "applies to video_encoder='space_to_depth' only",
-        )
+        need(detail_scale == 1.0, "detail_scale", "applies to video_encoder='space_to_depth' only")
 
 
 def _validate_ragged(c, need) -> None:

@@ -43,7 +43,8 @@ class SpaceToDepthAutoencoder:
     def __init__(self, patch_t: int = 1, patch_s: int = 1, detail_scale: float = 1.0):
         if patch_t <= 0 or patch_s <= 0:
             raise ValueError(f"patch_t and patch_s must be positive, got {patch_t}, {patch_s}")
-        if not (isinstance(detail_scale, (int, float)) and detail_scale > 0):
+        number = isinstance(detail_scale, (int, float)) and not isinstance(detail_scale, bool)
+        if not (number and detail_scale > 0):
             raise ValueError(f"detail_scale must be a positive number, got {detail_scale!r}")
         if detail_scale != 1.0 and patch_t * patch_s * patch_s == 1:
             raise ValueError("detail_scale needs blocks of more than one pixel (patch_t/patch_s)")
