@@ -36,6 +36,12 @@ def main(argv=None):
         help="a stage-1 workdir (e.g. runs/demo/pretrain): every variant fine-tunes from its "
         "EMA weights, as make demo's stage 2 does (default: random weights)",
     )
+    parser.add_argument(
+        "--autoencoder",
+        default="",
+        help="the pixel codec's weights (make demo writes runs/demo/autoencoder.npz); default: "
+        "the one the --init_from workdir was trained on",
+    )
     parser.add_argument("--num_eval", type=int, default=48)
     parser.add_argument("--sample_steps", type=int, default=30)
     parser.add_argument(
@@ -55,6 +61,7 @@ def main(argv=None):
                 sample_steps=args.sample_steps,
                 init_from=args.init_from,
                 rescore=args.rescore,
+                overrides={"data.autoencoder": args.autoencoder} if args.autoencoder else None,
             )
             m = result["metrics"]
             print(

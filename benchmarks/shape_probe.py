@@ -1,11 +1,13 @@
 """Does the demo's stage 1 draw the captioned shape? A single-scene probe of stage 1 alone.
 
-    .venv/bin/python benchmarks/shape_probe.py --workdir runs/probe            # ~13 min, 1 core
+    .venv/bin/python benchmarks/shape_probe.py --workdir runs/probe            # ~15 min, 1 core
     .venv/bin/python benchmarks/shape_probe.py --workdir runs/probe_h8 \\
         --set model.num_heads=8 --set model.head_dim=16 --sampler dpm
 
-Trains ``configs.demo.get_pretrain_config(overrides)`` — the demo's stage 1, single-scene clips
-— in ``--workdir`` (a complete run is reused), exports its EMA weights, samples ``--num``
+Trains ``configs.demo.get_pretrain_config(overrides)`` — the demo's stage 1, single-scene clips,
+on the demo's pixel codec (stage 0, ``WORKDIR/autoencoder.npz``; ``--fold plain``: on the plain
+space-to-depth fold, as the probes before the codec) — in ``--workdir`` (a complete run is
+reused), exports its EMA weights, samples ``--num``
 held-out 1-scene scripts (never seen in training) and scores them with the analytic detectors:
 colour / motion / shape = caption, clean object + background, the mean object area per
 captioned shape (the data: 64 / 52 / 28 px for square / circle / plus at 16x16) and the
@@ -46,6 +48,13 @@ def main(argv=None) -> dict:
         dest="overrides",
         help="stage-1 config override, e.g. --set train.num_steps=3000",
     )
+    parser.add_argument(
+        "--fold",
+        default="codec",
+        choices=("codec", "plain"),
+        help="codec: make demo's pixel codec (trained into WORKDIR/autoencoder.npz, or reused); "
+        "plain: patch 2 on the lossless fold, as every probe before 2026-12-07's codec",
+    )
     parser.add_argument("--num", type=int, default=96, help="held-out 1-scene scripts")
     parser.add_argument("--sampler", default="ddim", choices=("ddim", "dpm"))
     parser.add_argument("--sample_steps", type=int, default=50)
@@ -79,7 +88,18 @@ def main(argv=None) -> dict:
     from m2dit_jax.train import train_and_evaluate
 
     overrides = dict(args.overrides)
+    if args.fold == "plain":
+        overrides = {**demo.PLAIN_FOLD_OVERRIDES, **overrides}
     config = demo.get_pretrain_config(overrides)
+    codec_s = 0.0
+    if config.data.video_encoder == "conv" and not config.data.autoencoder:
+        from launch.demo import train_stage_zero
+
+        os.makedirs(args.workdir, exist_ok=True)
+        config.data.autoencoder = os.path.join(args.workdir, "autoencoder.npz")
+        t0 = time.perf_counter()
+        train_stage_zero(config.data.autoencoder, config, demo.AUTOENCODER)
+        codec_s = time.perf_counter() - t0
     if args.guidance_scale > 1 and float(config.diffusion.caption_dropout) <= 0:
         raise SystemExit(
             f"--guidance_scale {args.guidance_scale} needs a model trained with caption "
@@ -111,6 +131,7 @@ def main(argv=None) -> dict:
         "args": {k: v for k, v in vars(args).items() if k != "overrides"},
         "steps": int(result["step"]),
         "train_s": train_s,
+        "codec_s": codec_s,
         "mean_step_time_s": result.get("mean_step_time_s"),
         "eval_loss_ema": result.get("eval", {}).get("loss_ema"),
         "scores": {k: v for k, v in summary.items() if v == v},  # drop NaN (1-scene: none)

@@ -1,5 +1,8 @@
-"""demo: what `make demo` trains — two stages on ``configs/shapes_tiny.py``.
+"""demo: what `make demo` trains — a learned pixel codec, then two stages on shapes_tiny.
 
+Stage 0 (``AUTOENCODER``) trains the demo's stand-in for CogVideoX's VAE: the space-to-depth
+fold plus a small conv codec (``m2dit_jax.encoders.conv_autoencoder``) whose decoder draws the
+objects' outlines, so the DiT works on (2 x 4 x 4 x 16)-latent scenes (``CODEC_OVERRIDES``).
 Stage 1 (``get_pretrain_config``, ``PRETRAIN_OVERRIDES``) pretrains the model on single-scene
 clips, the analogue of the CogVideoX checkpoint Mask²DiT starts from; stage 2 (``get_config``,
 ``DEMO_OVERRIDES``) fine-tunes it on 3-scene clips with mask 1 and mask 2, as the paper does.
@@ -8,11 +11,14 @@ Command (2-core CPU, 9-15 minutes end to end by machine: both stages, export, sa
 
     python -m launch.demo --workdir runs/demo            # what `make demo` runs
 
-Training alone (the same two stages, without sampling and scoring)::
+Training alone (the same three stages, without sampling and scoring)::
 
-    python -m launch.train --config configs/demo_pretrain.py --workdir runs/demo/pretrain
+    python -m launch.train_autoencoder --config configs/demo_pretrain.py \\
+        --out runs/demo/autoencoder.npz
+    python -m launch.train --config configs/demo_pretrain.py --workdir runs/demo/pretrain \\
+        --config.data.autoencoder=runs/demo/autoencoder.npz
     python -m launch.train --config configs/demo.py --workdir runs/demo \\
-        --config.init_from=runs/demo/pretrain
+        --config.init_from=runs/demo/pretrain --config.data.autoencoder=runs/demo/autoencoder.npz
 
 What it trains and produces: see ``configs/shapes_tiny.py`` (the task, the model) and
 ``launch/demo.py`` (the samples, ``contact_sheet.png`` and ``eval.json`` it writes).
@@ -23,6 +29,42 @@ from __future__ import annotations
 from typing import Any
 
 from configs import shapes_tiny
+
+# Stage 0: the learned pixel codec (``train_conv_autoencoder`` keyword arguments). The decoder
+# is trained on latents with noise up to ``latent_noise`` added, so that a DiT sample near the
+# right code decodes to a clean square / circle / plus (README "what was tried").
+AUTOENCODER: dict[str, Any] = {
+    "channels": 16,
+    "hidden": 96,
+    "steps": 2000,
+    "batch_size": 64,
+    "learning_rate": 2e-3,
+    "latent_noise": 0.5,
+    "num_clips": 4096,
+}
+
+# Both stages read the codec's latents: the fold's 8x8 grid halved to 4x4, 16 channels, one
+# token per latent pixel (patch 1) -> the same 32 video tokens per scene as patch 2 on the fold.
+# ``data.autoencoder`` (the weights file) is set by launch/demo.py or on the command line.
+CODEC_OVERRIDES: dict[str, Any] = {
+    "data.video_encoder": "conv",
+    "model.in_channels": AUTOENCODER["channels"],
+    "model.out_channels": AUTOENCODER["channels"],
+    "model.patch_size": 1,
+    "model.sample_height": 4,
+    "model.sample_width": 4,
+}
+
+# The demos before the codec (2026-12-07): patch 2 straight on the lossless fold (24 channels,
+# 8x8 grid). ``--set`` these (both stages) to reproduce the earlier tables of the README.
+PLAIN_FOLD_OVERRIDES: dict[str, Any] = {
+    "data.video_encoder": "space_to_depth",
+    "model.in_channels": 24,
+    "model.out_channels": 24,
+    "model.patch_size": 2,
+    "model.sample_height": 8,
+    "model.sample_width": 8,
+}
 
 # Stage 1: one scene per clip (40 tokens instead of 120, so ~3x the optimizer steps per
 # second), no mask 2. Learning motion needs many optimizer steps, and a single scene learns
@@ -78,16 +120,17 @@ def set_key(config, dotted: str, value: Any) -> None:
 
 def _with(base: dict[str, Any], overrides: dict[str, Any] | None):
     config = shapes_tiny.get_config()
-    for key, value in {**base, **(overrides or {})}.items():
+    for key, value in {**CODEC_OVERRIDES, **base, **(overrides or {})}.items():
         set_key(config, key, value)
     return config
 
 
 def get_config(overrides: dict[str, Any] | None = None):
-    """Stage 2: shapes_tiny + ``DEMO_OVERRIDES`` + ``overrides`` ({dotted key: value})."""
+    """Stage 2: shapes_tiny + ``CODEC_OVERRIDES`` + ``DEMO_OVERRIDES`` + ``overrides``
+    ({dotted key: value})."""
     return _with(DEMO_OVERRIDES, overrides)
 
 
 def get_pretrain_config(overrides: dict[str, Any] | None = None):
-    """Stage 1: shapes_tiny + ``PRETRAIN_OVERRIDES`` + ``overrides`` ({dotted key: value})."""
+    """Stage 1: shapes_tiny + ``CODEC_OVERRIDES`` + ``PRETRAIN_OVERRIDES`` + ``overrides``."""
     return _with(PRETRAIN_OVERRIDES, overrides)

@@ -2,9 +2,10 @@
 
     python -m launch.demo --workdir runs/demo            # what `make demo` runs
 
-1. Trains ``configs/shapes_tiny.py`` in two stages (``configs/demo.py``) on the
-   ``synthetic_shapes`` source in pixel space: 16x16 px frames folded 2x2x2 into 24-channel
-   "latents" by the lossless space-to-depth autoencoder, hashed-word caption embeddings.
+1. Trains ``configs/shapes_tiny.py`` in three stages (``configs/demo.py``) on the
+   ``synthetic_shapes`` source: stage 0 trains the pixel codec in ``WORKDIR/autoencoder.npz``
+   (16x16 px frames folded 2x2x2 by space-to-depth, then a small conv autoencoder to a 4x4x16
+   latent per 2 frames; ``configs.demo.AUTOENCODER``), captions are hashed-word embeddings.
    Stage 1 pretrains on single-scene clips in ``WORKDIR/pretrain`` (the stand-in for the
    CogVideoX checkpoint the paper starts from); stage 2 fine-tunes those EMA weights on 3-scene
    clips with mask 1 and mask 2 in the workdir. Checkpoints, TensorBoard logs (``tb/``) and
@@ -32,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from configs.demo import (
+    AUTOENCODER,
     DEMO_GUIDANCE_SCALE,
     DEMO_OVERRIDES,
     PRETRAIN_OVERRIDES,
@@ -114,12 +116,16 @@ ABLATION_TITLES = {
 }
 
 
-def ablation_command(ablation_dir: str, pretrain_dir: str | None) -> str:
+def ablation_command(
+    ablation_dir: str, pretrain_dir: str | None, autoencoder: str | None = None
+) -> str:
     """The command that trains the contact sheet's ablation models: like the demo's stage 2,
-    from stage 1's weights (``pretrain_dir``) when stage 1 ran, else from random weights."""
+    from stage 1's weights (``pretrain_dir``) when stage 1 ran, else from random weights, on
+    the demo's pixel codec (``autoencoder``) when it has one."""
     command = f"python benchmarks/ablation.py --out {ablation_dir} --seeds 0"
     command += " --variants full independent"
-    return command + (f" --init_from {pretrain_dir}" if pretrain_dir else "")
+    command += f" --init_from {pretrain_dir}" if pretrain_dir else ""
+    return command + (f" --autoencoder {autoencoder}" if autoencoder else "")
 
 
 def ablation_sheet_rows(
@@ -193,6 +199,36 @@ def ablation_sheet_rows(
     return rows_videos, rows_captions, rows_titles, record
 
 
+def codec_path(workdir: str, config, pretrain_config) -> str | None:
+    """Where stage 0 writes the conv pixel codec both stages read: ``WORKDIR/autoencoder.npz``;
+    None when the stages use no learned codec or both name their own ``data.autoencoder``."""
+    stages = (pretrain_config.data, config.data)
+    if all(d.video_encoder != "conv" or d.autoencoder for d in stages):
+        return None
+    if (
+        any(d.video_encoder != "conv" for d in stages)
+        or len({(d.patch_t, d.patch_s, d.autoencoder) for d in stages}) != 1
+    ):
+        raise ValueError(
+            "stage 1 and stage 2 must read one pixel codec: the same data.video_encoder, "
+            "patch_t, patch_s and data.autoencoder in --set and --set_pretrain"
+        )
+    return os.path.join(workdir, "autoencoder.npz")
+
+
+def train_stage_zero(path: str, config, settings: dict[str, Any]) -> None:
+    """Stage 0: trains the conv pixel codec on ``config``'s training scripts into ``path`` —
+    unless ``path`` exists (a re-run)."""
+    from m2dit_jax.encoders.conv_autoencoder import train_shapes_codec
+
+    if os.path.exists(path):
+        print(f"[0/4] stage 0: reusing the pixel codec {path}")
+        return
+    print(f"[0/4] stage 0: training the pixel codec ({settings['steps']} steps) -> {path}")
+    report = train_shapes_codec(path, config.data, settings, seed=int(config.seed), log=print)
+    print(f"      reconstruction MSE {report['loss']:.4f} in {report['train_s']:.0f}s")
+
+
 def run_demo(
     workdir: str,
     *,
@@ -206,6 +242,7 @@ def run_demo(
     pretrain_overrides: dict[str, Any] | None = None,
     scale: int = 4,
     ablation_dir: str | None = None,
+    autoencoder: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The whole demo; returns what it writes to ``eval.json``.
 
@@ -220,6 +257,10 @@ def run_demo(
     the empty (zero) caption; > 1 needs a stage-2 model trained with
     ``diffusion.caption_dropout > 0`` (else it is an error: the model never saw the empty
     caption); 1 turns CFG off.
+
+    ``autoencoder``: ``train_conv_autoencoder`` settings over ``configs.demo.AUTOENCODER``
+    (stage 0, the pixel codec, skipped when ``WORKDIR/autoencoder.npz`` exists or both stages
+    name their own ``data.autoencoder``).
 
     ``ablation_dir`` (default ``WORKDIR/ablation``): where ``benchmarks/ablation.py`` put its
     runs; when "full" / "independent" bundles exist there, the contact sheet adds rows comparing
@@ -244,6 +285,9 @@ def run_demo(
     t_start = time.perf_counter()
     overrides = dict(overrides or {})
     pretrain_overrides = stage_one_overrides(overrides, pretrain_overrides)
+    codec = codec_path(workdir, get_config(overrides), get_pretrain_config(pretrain_overrides))
+    if codec:
+        overrides["data.autoencoder"] = pretrain_overrides["data.autoencoder"] = codec
     pretrain_config = get_pretrain_config(pretrain_overrides)
     pretrain_dir = os.path.join(workdir, "pretrain")
     pretrain_steps = int(pretrain_config.train.num_steps)
@@ -264,6 +308,10 @@ def run_demo(
             "never seen); set diffusion.caption_dropout > 0 or guidance_scale=1 (no CFG)"
         )
     os.makedirs(workdir, exist_ok=True)
+    t0 = time.perf_counter()
+    if codec:
+        train_stage_zero(codec, pretrain_config, {**AUTOENCODER, **(autoencoder or {})})
+    timings["autoencoder_s"] = time.perf_counter() - t0
 
     pretrain_result = None
     t0 = time.perf_counter()
@@ -367,11 +415,12 @@ def run_demo(
         sheet_captions += abl_captions
         sheet_titles += abl_titles
     else:
+        command = ablation_command(
+            ablation_dir, pretrain_dir if pretrain_steps > 0 else None, codec
+        )
         print(
             f"contact sheet: no ablation rows (no full/independent bundles in {ablation_dir}); "
-            "to add them run "
-            f"`{ablation_command(ablation_dir, pretrain_dir if pretrain_steps > 0 else None)}` "
-            "and re-run the demo"
+            f"to add them run `{command}` and re-run the demo"
         )
     media.write_contact_sheet(
         os.path.join(workdir, "contact_sheet.png"),
@@ -441,7 +490,8 @@ def run_demo(
         "ground-truth renders of the same scripts."
     )
     print(
-        f"time: pretrain {timings['pretrain_s']:.0f}s, train {timings['train_s']:.0f}s, "
+        f"time: autoencoder {timings['autoencoder_s']:.0f}s, "
+        f"pretrain {timings['pretrain_s']:.0f}s, train {timings['train_s']:.0f}s, "
         f"sample {timings['sample_s']:.0f}s, "
         f"extend {timings['extend_s']:.0f}s, total {timings['total_s']:.0f}s"
     )
@@ -498,7 +548,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         metavar="KEY=VALUE",
         help="stage-1 (single-scene pretraining) override; train.num_steps=0 skips stage 1",
     )
+    parser.add_argument(
+        "--set_autoencoder",
+        type=parse_override,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="stage-0 (pixel codec) setting over configs.demo.AUTOENCODER, e.g. steps=1000",
+    )
     args = parser.parse_args(argv)
+    unknown = sorted(set(dict(args.set_autoencoder)) - set(AUTOENCODER))
+    if unknown:
+        parser.error(f"unknown --set_autoencoder keys {unknown}; known: {sorted(AUTOENCODER)}")
     return run_demo(
         args.workdir,
         num_eval=args.num_eval,
@@ -510,6 +571,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         overrides=dict(args.set),
         pretrain_overrides=dict(args.set_pretrain),
         ablation_dir=args.ablation_dir,
+        autoencoder=dict(args.set_autoencoder),
     )
 
 

@@ -56,6 +56,23 @@ def variant_config(mask_mode: str, seed: int, num_steps: int, overrides: dict | 
     return config
 
 
+def stage_one_autoencoder(init_from: str) -> str:
+    """The pixel codec (``data.autoencoder``) a stage-1 workdir was trained on: a variant that
+    starts from its weights must read the same latents."""
+    from m2dit_jax.export import read_workdir_config
+
+    if not init_from:
+        raise ValueError(
+            "the demo's models read a learned pixel codec (data.video_encoder='conv'): give its "
+            "weights (--autoencoder WORKDIR/autoencoder.npz, as written by make demo) or "
+            "--init_from a stage-1 workdir trained on it"
+        )
+    path = read_workdir_config(init_from)["data"].get("autoencoder", "")
+    if not path:
+        raise ValueError(f"{init_from} was not trained on a conv pixel codec (no data.autoencoder)")
+    return path
+
+
 def run_variant(
     mask_mode: str,
     seed: int,
@@ -97,6 +114,8 @@ def run_variant(
     config = variant_config(
         mask_mode, seed, num_steps, {"init_from": init_from, **(overrides or {})}
     )
+    if config.data.video_encoder == "conv" and not config.data.autoencoder:
+        config.data.autoencoder = stage_one_autoencoder(init_from)
     t0 = time.perf_counter()
     train = train_and_evaluate(config, workdir)
     train_s = time.perf_counter() - t0

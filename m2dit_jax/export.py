@@ -161,10 +161,13 @@ def export_lora_only(
 
 def encoders_from_data(data: dict[str, Any]) -> tuple[dict, dict]:
     """(encoders, video) sections of a bundle from the training data config."""
-    if data.get("text_encoder") != "hashed" or data.get("video_encoder") != "space_to_depth":
+    if data.get("text_encoder") != "hashed" or data.get("video_encoder") not in (
+        "space_to_depth",
+        "conv",
+    ):
         raise ValueError(
             "launch.export bundles pixel-space runs (data.text_encoder='hashed', "
-            "data.video_encoder='space_to_depth'); this run has text_encoder="
+            "data.video_encoder='space_to_depth' or 'conv'); this run has text_encoder="
             f"{data.get('text_encoder')!r}, video_encoder={data.get('video_encoder')!r}"
         )
     encoders = {
@@ -181,6 +184,17 @@ def encoders_from_data(data: dict[str, Any]) -> tuple[dict, dict]:
             "detail_scale": float(data.get("detail_scale", 1.0)),
         },
     }
+    if data["video_encoder"] == "conv":  # write_bundle copies the weights into the bundle
+        from m2dit_jax.encoders.conv_autoencoder import read_channels
+
+        path = os.path.abspath(str(data["autoencoder"]))
+        encoders["video"] = {
+            "kind": "conv",
+            "patch_t": int(data["patch_t"]),
+            "patch_s": int(data["patch_s"]),
+            "channels": read_channels(path),
+            "file": path,
+        }
     video = {k: int(data[k]) for k in ("num_scenes", "frames", "height", "width")}
     return encoders, video
 

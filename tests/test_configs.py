@@ -39,12 +39,25 @@ def test_shapes_tiny_is_the_demo_pilot():
     assert c.model.dtype == "float32" and c.model.in_channels == 24
 
 
-def test_demo_stages_share_one_model():
+def test_demo_stages_share_one_model(tmp_path):
+    import jax
+
     from configs import demo, demo_pretrain
+    from m2dit_jax.encoders.conv_autoencoder import ConvAutoencoder, init_params
 
     assert "python -m launch.train --config configs/demo_pretrain.py" in demo_pretrain.__doc__
     assert "--config.init_from=runs/demo/pretrain" in demo.__doc__
+    assert "python -m launch.train_autoencoder --config configs/demo_pretrain.py" in demo.__doc__
     stage1, stage2 = demo_pretrain.get_config(), demo.get_config()
+    # both stages read the learned pixel codec (stage 0): 16 channels on a 4x4 grid, patch 1
+    channels = demo.AUTOENCODER["channels"]
+    for c in (stage1, stage2):
+        assert c.data.video_encoder == "conv" and c.data.autoencoder == ""
+        assert (c.model.in_channels, c.model.patch_size, c.model.sample_height) == (channels, 1, 4)
+    codec = str(tmp_path / "autoencoder.npz")
+    params = init_params(jax.random.key(0), 24, channels, 8)
+    ConvAutoencoder(params, patch_t=2, patch_s=2).save(codec)
+    stage1.data.autoencoder = stage2.data.autoencoder = codec
     assert stage1.to_dict()["model"] == stage2.to_dict()["model"]  # stage 2 loads stage 1
     assert (model_layout(stage1).seq_len, model_layout(stage2).seq_len) == (40, 120)
     assert (stage1.diffusion.p_cond, stage2.diffusion.p_cond) == (0.0, 0.25)

@@ -190,7 +190,12 @@ def test_demo_writes_every_artifact(tmp_path):
         sample_steps=2,
         overrides=overrides,
         pretrain_overrides=overrides,
+        autoencoder={"steps": 2, "hidden": 8, "num_clips": 8, "batch_size": 4},
     )
+    # stage 0 wrote the pixel codec both stages read, and the bundle carries a copy
+    codec = os.path.join(workdir, "autoencoder.npz")
+    assert report["config"]["overrides"]["data.autoencoder"] == codec
+    assert os.path.isfile(os.path.join(workdir, "bundle", "autoencoder.npz"))
     # stage 1 (1-scene pretraining) ran in WORKDIR/pretrain and stage 2 started from it
     assert report["pretrain"]["steps"] == 2
     assert os.listdir(os.path.join(workdir, "pretrain", "checkpoints")) == ["2"]

@@ -6,7 +6,9 @@ import ml_collections
 
 SOURCES = ("synthetic_shapes", "manifest", "tfds", "latents")
 TEXT_ENCODERS = ("none", "hashed")
-VIDEO_ENCODERS = ("none", "space_to_depth")
+VIDEO_ENCODERS = ("none", "space_to_depth", "conv")
+# Encoders built on the space-to-depth fold: frames come in multiples of patch_t.
+FOLD_ENCODERS = ("space_to_depth", "conv")
 
 
 def default_data_config() -> ml_collections.ConfigDict:
@@ -44,6 +46,10 @@ def default_data_config() -> ml_collections.ConfigDict:
       video_encoder: "none" | "space_to_depth" (``SpaceToDepthAutoencoder(patch_t, patch_s,
         detail_scale)``) -> adds ``latents`` (B, S*F/patch_t, H/patch_s, W/patch_s,
         3*patch_t*patch_s^2) (ragged: sum_i F_i/patch_t frames, each scene encoded on its own).
+        "conv": ``ConvAutoencoder.load(autoencoder)`` (``m2dit_jax.encoders.conv_autoencoder``,
+        the fold then a learned conv codec) -> ``latents`` (B, S*F/patch_t, H/(2 patch_s),
+        W/(2 patch_s), C); patch_t / patch_s must equal the file's.
+      autoencoder: video_encoder="conv" only: path of the autoencoder's .npz weights.
       detail_scale: space_to_depth only: 1.0 = the plain fold; s != 1 stores each block in a
         DCT basis with its detail coefficients times s (their SNR s^2 times higher at every
         timestep; see ``m2dit_jax.encoders.pixel``).
@@ -144,6 +150,7 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.patch_t = 1
     c.patch_s = 1
     c.detail_scale = 1.0
+    c.autoencoder = ""
     c.ragged = False
     c.min_frames = 2
     c.max_frames = 6
@@ -193,13 +200,22 @@ def validate_data_config(c) -> None:
     _validate_ragged(c, need)
     _validate_packing(c, need)
     detail_scale = float(c.get("detail_scale", 1.0))
-    if c.video_encoder == "space_to_depth":
+    if c.video_encoder == "conv":
+        need(bool(c.get("autoencoder", "")), "autoencoder", "is required for video_encoder='conv'")
+    else:
+        need(not c.get("autoencoder", ""), "autoencoder", "applies to video_encoder='conv' only")
+    if c.video_encoder in FOLD_ENCODERS:
         need(int(c.patch_t) > 0, "patch_t", "must be a positive int")
         if not c.get("ragged", False):
             need(c.frames % c.patch_t == 0, "patch_t", "must divide frames")
         for side in ("height", "width"):
             need(int(c.patch_s) > 0 and c[side] % c.patch_s == 0, "patch_s", f"must divide {side}")
         need(detail_scale > 0, "detail_scale", "must be > 0")
+        need(
+            detail_scale == 1.0 or c.video_encoder == "space_to_depth",
+            "detail_scale",
+            "applies to video_encoder='space_to_depth' only",
+        )
         need(
             detail_scale == 1.0 or int(c.patch_t) * int(c.patch_s) ** 2 > 1,
             "detail_scale",
@@ -236,8 +252,8 @@ def _validate_ragged(c, need) -> None:
     )
     need(int(c.min_frames) > 0, "min_frames", "must be a positive int")
     need(int(c.max_frames) >= int(c.min_frames), "max_frames", "must be >= min_frames")
-    if c.video_encoder == "space_to_depth":
-        need(c.frame_rule == "multiple", "frame_rule", "must be 'multiple' for space_to_depth")
+    if c.video_encoder in FOLD_ENCODERS:
+        need(c.frame_rule == "multiple", "frame_rule", f"must be 'multiple' for {c.video_encoder}")
         need(int(c.patch_t) > 0, "patch_t", "must be a positive int")
     rule = FrameRule.from_config(c)
     what = "of the form 4k+1" if rule.rule == "4k+1" else f"a multiple of {rule.multiple} (patch_t)"

@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from m2dit_jax.data.config import FOLD_ENCODERS
+
 
 def span(frames: int, stride: int) -> int:
     """Source frames covered by ``frames`` samples at ``stride``."""
@@ -121,7 +123,7 @@ class FrameRule:
 
     @classmethod
     def from_config(cls, config: Any) -> FrameRule:
-        s2d = config.video_encoder == "space_to_depth"
+        s2d = config.video_encoder in FOLD_ENCODERS
         return cls(
             rule=str(config.frame_rule),
             multiple=int(config.patch_t) if s2d else 1,

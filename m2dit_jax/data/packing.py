@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from m2dit_jax.data.config import FOLD_ENCODERS
 from m2dit_jax.data.frame_sampling import FrameRule
 
 MAX_MISSES = 8  # consecutive candidates that do not fit before a plan is closed
@@ -60,7 +61,7 @@ class PackSpec:
     def from_config(cls, config: Any, *, latent_layouts: bool | None = None) -> PackSpec:
         if latent_layouts is None:
             latent_layouts = config.source == "latents"
-        s2d = config.video_encoder == "space_to_depth"
+        s2d = config.video_encoder in FOLD_ENCODERS
         return cls(
             budget=int(config.pack_tokens),
             frame_tokens=int(config.pack_frame_tokens),

@@ -44,7 +44,7 @@ import grain
 import numpy as np
 
 from m2dit_jax.data.bad_input import SKIP_REASONS, BadSample, empty_counts, log_once
-from m2dit_jax.data.config import validate_data_config
+from m2dit_jax.data.config import FOLD_ENCODERS, validate_data_config
 from m2dit_jax.data.frame_sampling import FrameRule
 
 SKIPS_KEY = "_skips"
@@ -134,6 +134,7 @@ class EncodeStage:
         self.text_seed = int(config.text_seed)
         self.video = (config.video_encoder, int(config.patch_t), int(config.patch_s))
         self.detail_scale = float(config.get("detail_scale", 1.0))
+        self.autoencoder = str(config.get("autoencoder", ""))
         self._text_encoder = None
         self._video_encoder = None
 
@@ -151,13 +152,9 @@ class EncodeStage:
             embeds, mask = self._text_encoder.encode(list(captions.reshape(-1)))
             batch["text_embeds"] = embeds.reshape(b, s * self.text[1], self.text[2])
             batch["text_mask"] = mask.reshape(b, s * self.text[1])
-        if self.video[0] == "space_to_depth":
+        if self.video[0] in FOLD_ENCODERS:
             if self._video_encoder is None:
-                from m2dit_jax.encoders.pixel import SpaceToDepthAutoencoder
-
-                self._video_encoder = SpaceToDepthAutoencoder(
-                    self.video[1], self.video[2], self.detail_scale
-                )
+                self._video_encoder = self._make_video_encoder()
             video = batch["video"]
             b, sf = video.shape[:2]
             pixel = batch["scene_frames"]
@@ -177,6 +174,21 @@ class EncodeStage:
             batch["video_scene_frames"] = pixel
             batch["scene_frames"] = (pixel // self.video[1]).astype(np.int32)
         return batch
+
+    def _make_video_encoder(self):
+        if self.video[0] == "conv":
+            from m2dit_jax.encoders.conv_autoencoder import ConvAutoencoder
+
+            ae = ConvAutoencoder.load(self.autoencoder)
+            if (ae.patch_t, ae.patch_s) != self.video[1:]:
+                raise ValueError(
+                    f"{self.autoencoder} folds patch_t={ae.patch_t}, patch_s={ae.patch_s}; the "
+                    f"data config has patch_t={self.video[1]}, patch_s={self.video[2]}"
+                )
+            return ae
+        from m2dit_jax.encoders.pixel import SpaceToDepthAutoencoder
+
+        return SpaceToDepthAutoencoder(self.video[1], self.video[2], self.detail_scale)
 
 
 class LayoutBuckets:

@@ -250,6 +250,20 @@ def render_script(
     return script.captions(), np.concatenate(scenes, axis=0)
 
 
+def training_scenes(
+    rng: np.random.Generator, count: int, geometry: ShapesGeometry, holdout_fraction: float
+) -> np.ndarray:
+    """``count`` single scenes of training-split scripts -> (count, F, H, W, 3) uint8 (e.g. to
+    train an autoencoder on the same distribution as the diffusion model, never on held-out
+    scripts)."""
+    return np.stack(
+        [
+            render_scene(s.shape, s.background, s.colours[0], s.motions[0], geometry, rng)
+            for s in (sample_script(rng, 1, holdout_fraction, False) for _ in range(count))
+        ]
+    )
+
+
 def script_from_captions(captions: Sequence[str]) -> dict[str, Any]:
     """Parse captions made by ``Script.captions`` back to names: shape (scene 1) and
     per-scene colour/motion. Raises ValueError for a caption outside the grammar."""

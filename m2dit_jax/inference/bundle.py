@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 from typing import Any
 
 import jax
@@ -34,7 +35,8 @@ BUNDLE_FORMAT = "m2dit_bundle"
 BUNDLE_VERSION = 1
 WEIGHT_DTYPES = ("float32", "bfloat16")
 TEXT_ENCODERS = ("hashed",)
-VIDEO_ENCODERS = ("space_to_depth",)
+VIDEO_ENCODERS = ("space_to_depth", "conv")
+AUTOENCODER_FILE = "autoencoder.npz"  # a "conv" video encoder's weights, in the bundle
 
 
 def path_key(path: tuple) -> str:
@@ -100,6 +102,10 @@ def check_encoders(encoders: dict, model_config: Any) -> None:
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not scale > 0:
         raise ValueError(f"encoders.video.detail_scale must be a number > 0, got {scale!r}")
     channels = 3 * video["patch_t"] * video["patch_s"] ** 2
+    if video["kind"] == "conv":
+        channels = video.get("channels")
+        if not isinstance(video.get("file"), str) or not video["file"]:
+            raise ValueError("encoders.video.file (the conv autoencoder's weights) is missing")
     if channels != model_config["in_channels"]:
         raise ValueError(
             f"video encoder gives {channels} latent channels, model in_channels="
@@ -107,10 +113,27 @@ def check_encoders(encoders: dict, model_config: Any) -> None:
         )
 
 
-def make_encoders(encoders: dict) -> tuple[Any, Any]:
+def make_encoders(encoders: dict, root: str = "") -> tuple[Any, Any]:
+    """(text encoder, autoencoder) of a bundle's encoder section; ``root``: the bundle folder
+    (a "conv" video encoder's ``file`` is relative to it)."""
     text, video = encoders["text"], encoders["video"]
+    text_encoder = HashedWordEncoder(text["text_len"], text["dim"], text.get("seed", 0))
+    if video["kind"] == "conv":
+        from m2dit_jax.encoders.conv_autoencoder import ConvAutoencoder
+
+        ae = ConvAutoencoder.load(os.path.join(root, video["file"]))
+        if (ae.patch_t, ae.patch_s, ae.channels) != (
+            video["patch_t"],
+            video["patch_s"],
+            video["channels"],
+        ):
+            raise ValueError(
+                f"{video['file']}: patch_t={ae.patch_t}, patch_s={ae.patch_s}, channels="
+                f"{ae.channels} differ from the bundle's config.json {video}"
+            )
+        return text_encoder, ae
     return (
-        HashedWordEncoder(text["text_len"], text["dim"], text.get("seed", 0)),
+        text_encoder,
         # detail_scale: bundles written before it existed are the plain fold
         SpaceToDepthAutoencoder(
             video["patch_t"], video["patch_s"], float(video.get("detail_scale", 1.0))
@@ -173,6 +196,12 @@ def write_bundle(
         if not isinstance(video.get(key), int) or video[key] <= 0:
             raise ValueError(f"video.{key} must be a positive int, got {video.get(key)!r}")
     os.makedirs(out_dir, exist_ok=True)
+    if encoders["video"]["kind"] == "conv":
+        source_file = encoders["video"]["file"]
+        if not os.path.isfile(source_file):
+            raise ValueError(f"the conv autoencoder's weights {source_file!r} do not exist")
+        shutil.copyfile(source_file, os.path.join(out_dir, AUTOENCODER_FILE))
+        encoders = {**encoders, "video": {**encoders["video"], "file": AUTOENCODER_FILE}}
     target = jax.numpy.bfloat16 if weights_dtype == "bfloat16" else np.float32
     arrays = {
         k: np.ascontiguousarray(np.asarray(v, np.float32).astype(target)) for k, v in params.items()
@@ -274,7 +303,7 @@ def load_bundle(path: str) -> Bundle:
     params = load_file(weights_path)
     abstract = nnx.eval_shape(lambda: Mask2DiT(model_config, rngs=nnx.Rngs(0)))
     model = assign_params(abstract, params, where=f"{weights_path}: ")
-    text_encoder, autoencoder = make_encoders(config["encoders"])
+    text_encoder, autoencoder = make_encoders(config["encoders"], path)
     return Bundle(
         model=model,
         model_config=model_config,

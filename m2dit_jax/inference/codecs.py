@@ -13,7 +13,8 @@ mode), ``decode(latents (N, F', h, w, C)) -> float32 video in [-1, 1]``. Each of
 is encoded / decoded on its own, one at a time (nothing leaks across a cut, memory of one
 scene).
 
-- ``PixelVideo``: the lossless space-to-depth "autoencoder" of the CPU demo.
+- ``PixelVideo``: the CPU demo's pixel codecs: the lossless space-to-depth fold, or the fold
+  plus a learned conv codec (``ConvAutoencoder``).
 - ``VAEVideo``: the CogVideoX 3D VAE (``m2dit_jax.encoders.vae``), optional spatial tiling.
 """
 
@@ -103,19 +104,19 @@ def as_text_side(encoder: Any) -> Any:
 
 # ---------------------------------------------------------------------- video
 class PixelVideo:
-    """``SpaceToDepthAutoencoder`` behind the pipeline's video interface."""
+    """``SpaceToDepthAutoencoder`` or ``ConvAutoencoder`` (the fold + a learned conv codec)
+    behind the pipeline's video interface."""
 
-    kind = "space_to_depth"
-
-    def __init__(self, autoencoder: SpaceToDepthAutoencoder):
+    def __init__(self, autoencoder: Any):
         self.autoencoder = autoencoder
+        self.kind = getattr(autoencoder, "kind", "space_to_depth")
         self.latent_channels = autoencoder.latent_channels
 
     def latent_shape(self, frames: int, height: int, width: int) -> tuple[int, int, int, int]:
         return self.autoencoder.latent_shape(frames, height, width)
 
     def encode(self, scenes: np.ndarray, key: jax.Array | None = None) -> np.ndarray:
-        del key  # lossless and deterministic: there is no posterior to sample
+        del key  # deterministic: there is no posterior to sample
         return self.autoencoder.encode(np.asarray(scenes))
 
     def decoded_frames(self, latent_frames: int) -> int:
@@ -218,7 +219,9 @@ class VAEVideo:
 def as_video_side(autoencoder: Any, **kwargs: Any) -> Any:
     if isinstance(autoencoder, (PixelVideo, VAEVideo)):
         return autoencoder
-    if isinstance(autoencoder, SpaceToDepthAutoencoder):
+    from m2dit_jax.encoders.conv_autoencoder import ConvAutoencoder
+
+    if isinstance(autoencoder, (SpaceToDepthAutoencoder, ConvAutoencoder)):
         return PixelVideo(autoencoder)
     if hasattr(autoencoder, "encode_moments"):  # a CogVideoXVAE
         return VAEVideo(autoencoder, **kwargs)

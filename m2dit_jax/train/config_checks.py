@@ -343,13 +343,23 @@ def _data_model_agreement(config: Any) -> list[str]:
             errors.append(f"data.text_len={d.text_len} != model.text_len={m.text_len}")
         if int(d.text_dim) != int(m.text_dim):
             errors.append(f"data.text_dim={d.text_dim} != model.text_dim={m.text_dim}")
-    if d.get("video_encoder", "none") == "space_to_depth":
+    encoder = d.get("video_encoder", "none")
+    if encoder in ("space_to_depth", "conv"):
         pt, ps = int(d.patch_t), int(d.patch_s)
         channels = 3 * pt * ps * ps
+        what = f"data.patch_t={pt}, data.patch_s={ps} give"
+        if encoder == "conv":  # the learned codec halves the fold's grid
+            from m2dit_jax.encoders.conv_autoencoder import read_channels
+
+            try:
+                channels = read_channels(str(d.autoencoder))
+            except ValueError as err:
+                return [f"data.autoencoder: {err}"]
+            ps *= 2
+            what = f"data.autoencoder={d.autoencoder} gives"
         if channels != int(m.in_channels):
             errors.append(
-                f"data.patch_t={pt}, data.patch_s={ps} give {channels} latent channels but "
-                f"model.in_channels={m.in_channels}"
+                f"{what} {channels} latent channels but model.in_channels={m.in_channels}"
             )
         for dname, mname, size, p in (
             ("frames", "sample_frames", d.frames, pt),
