@@ -1,8 +1,12 @@
 """Reproduces the mask ablation: Mask²DiT mask 1 vs no mask vs independent scenes.
 
-    python benchmarks/ablation.py --out runs/ablation --steps 1500 --seeds 0 1 --num_eval 96
+    python benchmarks/ablation.py --out runs/ablation --autoencoder runs/demo/autoencoder.npz \
+        --steps 1500 --seeds 0 1 --num_eval 96
+    python benchmarks/ablation.py --out runs/ablation_plain --fold plain --steps 1500 --seeds 0 1
+        # on the plain space-to-depth fold, as the README's tables measured before the codec
     python benchmarks/ablation.py --out runs/demo/ablation --init_from runs/demo/pretrain \
-        --steps 1500 --seeds 0    # every variant fine-tuned from make demo's stage 1
+        --autoencoder runs/demo/autoencoder.npz --steps 1250 --seeds 0
+        # every variant fine-tuned from make demo's stage 1 on its codec, as its stage 2
 
 Trains every (variant, seed) in ``OUT/<variant>_s<seed>`` (skipped when its result exists, so
 the script can be re-run to add seeds), samples the same held-out scripts with each model, and
@@ -20,6 +24,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from configs.demo import PLAIN_FOLD_OVERRIDES  # noqa: E402
 from m2dit_jax import ablation  # noqa: E402
 from m2dit_jax.layout import MASK_MODES  # noqa: E402
 
@@ -42,12 +47,25 @@ def main(argv=None):
         help="the pixel codec's weights (make demo writes runs/demo/autoencoder.npz); default: "
         "the one the --init_from workdir was trained on",
     )
+    parser.add_argument(
+        "--fold",
+        choices=["codec", "plain"],
+        default="codec",
+        help="codec: the demo's learned pixel codec; plain: patch 2 on the lossless "
+        "space-to-depth fold (configs.demo.PLAIN_FOLD_OVERRIDES), as before 2026-12-07",
+    )
     parser.add_argument("--num_eval", type=int, default=48)
     parser.add_argument("--sample_steps", type=int, default=30)
     parser.add_argument(
         "--rescore", action="store_true", help="re-sample and re-score finished runs"
     )
     args = parser.parse_args(argv)
+    if args.fold == "plain" and args.autoencoder:
+        parser.error("--autoencoder is for --fold codec; --fold plain reads no codec")
+    if args.fold == "plain":
+        overrides = dict(PLAIN_FOLD_OVERRIDES)
+    else:
+        overrides = {"data.autoencoder": args.autoencoder} if args.autoencoder else {}
     results = []
     for seed in args.seeds:
         for mode in args.variants:
@@ -61,7 +79,7 @@ def main(argv=None):
                 sample_steps=args.sample_steps,
                 init_from=args.init_from,
                 rescore=args.rescore,
-                overrides={"data.autoencoder": args.autoencoder} if args.autoencoder else None,
+                overrides=overrides,
             )
             m = result["metrics"]
             print(

@@ -117,12 +117,16 @@ ABLATION_TITLES = {
 
 
 def ablation_command(
-    ablation_dir: str, pretrain_dir: str | None, autoencoder: str | None = None
+    ablation_dir: str,
+    pretrain_dir: str | None,
+    autoencoder: str | None = None,
+    num_steps: int | None = None,
 ) -> str:
-    """The command that trains the contact sheet's ablation models: like the demo's stage 2,
-    from stage 1's weights (``pretrain_dir``) when stage 1 ran, else from random weights, on
-    the demo's pixel codec (``autoencoder``) when it has one."""
+    """The command that trains the contact sheet's ablation models: like the demo's stage 2
+    (``num_steps`` of them), from stage 1's weights (``pretrain_dir``) when stage 1 ran, else
+    from random weights, on the demo's pixel codec (``autoencoder``) when it has one."""
     command = f"python benchmarks/ablation.py --out {ablation_dir} --seeds 0"
+    command += f" --steps {num_steps}" if num_steps else ""
     command += " --variants full independent"
     command += f" --init_from {pretrain_dir}" if pretrain_dir else ""
     return command + (f" --autoencoder {autoencoder}" if autoencoder else "")
@@ -217,15 +221,32 @@ def codec_path(workdir: str, config, pretrain_config) -> str | None:
 
 
 def train_stage_zero(path: str, config, settings: dict[str, Any]) -> None:
-    """Stage 0: trains the conv pixel codec on ``config``'s training scripts into ``path`` —
-    unless ``path`` exists (a re-run)."""
+    """Stage 0: trains the conv pixel codec on ``config``'s training scripts into ``path`` (its
+    settings and report beside it, ``.json``) — unless ``path`` exists (a re-run), in which
+    case other settings than the file was trained with are an error."""
     from m2dit_jax.encoders.conv_autoencoder import train_shapes_codec
 
+    record_path = os.path.splitext(path)[0] + ".json"
     if os.path.exists(path):
+        if os.path.exists(record_path):
+            with open(record_path) as f:
+                trained = json.load(f)["settings"]
+            if trained != settings:
+                changed = sorted(
+                    k for k in {**trained, **settings} if trained.get(k) != settings.get(k)
+                )
+                raise ValueError(
+                    f"{path} was trained with other stage-0 settings ({', '.join(changed)}: "
+                    f"{ {k: trained.get(k) for k in changed} } vs "
+                    f"{ {k: settings.get(k) for k in changed} }); delete it (and the stages "
+                    "trained on it) to retrain, or use another --workdir"
+                )
         print(f"[0/4] stage 0: reusing the pixel codec {path}")
         return
     print(f"[0/4] stage 0: training the pixel codec ({settings['steps']} steps) -> {path}")
     report = train_shapes_codec(path, config.data, settings, seed=int(config.seed), log=print)
+    with open(record_path, "w") as f:
+        json.dump({"settings": settings, "report": report}, f, indent=1)
     print(f"      reconstruction MSE {report['loss']:.4f} in {report['train_s']:.0f}s")
 
 
@@ -416,7 +437,10 @@ def run_demo(
         sheet_titles += abl_titles
     else:
         command = ablation_command(
-            ablation_dir, pretrain_dir if pretrain_steps > 0 else None, codec
+            ablation_dir,
+            pretrain_dir if pretrain_steps > 0 else None,
+            codec,
+            num_steps=int(config.train.num_steps),
         )
         print(
             f"contact sheet: no ablation rows (no full/independent bundles in {ablation_dir}); "

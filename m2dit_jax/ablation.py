@@ -87,7 +87,7 @@ def run_variant(
 ) -> dict[str, Any]:
     """Trains (or resumes) one variant in ``workdir``, samples and scores it; writes and
     returns ``workdir/ablation_result.json`` (re-used when present for the same steps, eval
-    size and ``init_from``, unless ``rescore``).
+    size, ``init_from`` and video encoder, unless ``rescore``).
 
     ``init_from``: "" trains from random weights; a stage-1 workdir (``runs/demo/pretrain``)
     fine-tunes every variant from the same single-scene EMA weights, as the demo's stage 2
@@ -100,22 +100,22 @@ def run_variant(
     from m2dit_jax.inference.script import SamplerOptions
     from m2dit_jax.train import train_and_evaluate
 
-    result_path = os.path.join(workdir, "ablation_result.json")
-    if os.path.isfile(result_path):
-        with open(result_path) as f:
-            done = json.load(f)
-        same = (done.get("num_steps"), done.get("num_eval"), done.get("init_from", "")) == (
-            num_steps,
-            num_eval,
-            init_from,
-        )
-        if same and not rescore:
-            return done
     config = variant_config(
         mask_mode, seed, num_steps, {"init_from": init_from, **(overrides or {})}
     )
     if config.data.video_encoder == "conv" and not config.data.autoencoder:
         config.data.autoencoder = stage_one_autoencoder(init_from)
+    video_encoder = str(config.data.video_encoder)
+    result_path = os.path.join(workdir, "ablation_result.json")
+    if os.path.isfile(result_path):
+        with open(result_path) as f:
+            done = json.load(f)
+        key = ("num_steps", "num_eval", "init_from", "video_encoder")
+        # results written before the codec existed were all on the plain fold
+        was = {"init_from": "", "video_encoder": "space_to_depth", **done}
+        if [was.get(k) for k in key] == [num_steps, num_eval, init_from, video_encoder]:
+            if not rescore:
+                return done
     t0 = time.perf_counter()
     train = train_and_evaluate(config, workdir)
     train_s = time.perf_counter() - t0
@@ -135,6 +135,7 @@ def run_variant(
         "num_steps": num_steps,
         "num_eval": num_eval,
         "init_from": init_from,
+        "video_encoder": video_encoder,
         "sample_steps": sample_steps,
         "train_call_s": train_s,  # wall time of this call (restore only when resumed)
         "steps_run": int(train["step"]) - int(train["start_step"]),

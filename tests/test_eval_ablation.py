@@ -39,3 +39,4 @@ def test_variants_can_start_from_stage_one():
     command = ablation_command("runs/demo/ablation", "runs/demo/pretrain")
     assert command.endswith("--variants full independent --init_from runs/demo/pretrain")
     assert "--init_from" not in ablation_command("runs/demo/ablation", None)
+    assert " --steps 1250 " in ablation_command("runs/demo/ablation", None, num_steps=1250)

@@ -218,15 +218,15 @@ def train_conv_autoencoder(
     """
     import optax
 
+    if steps < 1 or batch_size < 1 or num_clips < 1:
+        raise ValueError(
+            f"steps, batch_size and num_clips must be >= 1, got {steps}, {batch_size}, {num_clips}"
+        )
     fold = SpaceToDepthAutoencoder(patch_t, patch_s)
     rng = np.random.default_rng(seed)
     data = fold.encode(clips(rng, num_clips))
     data = data.reshape(-1, *data.shape[2:])  # latent frames are coded on their own
     params = init_params(jax.random.key(seed), fold.latent_channels, channels, hidden)
-    if steps < 1 or batch_size < 1 or num_clips < 1:
-        raise ValueError(
-            f"steps, batch_size and num_clips must be >= 1, got {steps}, {batch_size}, {num_clips}"
-        )
     warmup = min(100, steps // 2)
     schedule = optax.warmup_cosine_decay_schedule(
         0.0, learning_rate, warmup, steps, learning_rate * 0.1
