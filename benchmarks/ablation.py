@@ -5,7 +5,7 @@
     python benchmarks/ablation.py --out runs/ablation_plain --fold plain --steps 1500 --seeds 0 1
         # on the plain space-to-depth fold, as the README's tables measured before the codec
     python benchmarks/ablation.py --out runs/demo/ablation --init_from runs/demo/pretrain \
-        --autoencoder runs/demo/autoencoder.npz --steps 1250 --seeds 0
+        --autoencoder runs/demo/autoencoder.npz --steps 1500 --seeds 0
         # every variant fine-tuned from make demo's stage 1 on its codec, as its stage 2
 
 Trains every (variant, seed) in ``OUT/<variant>_s<seed>`` (skipped when its result exists, so

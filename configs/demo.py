@@ -36,7 +36,7 @@ from configs import shapes_tiny
 AUTOENCODER: dict[str, Any] = {
     "channels": 16,
     "hidden": 96,
-    "steps": 1500,
+    "steps": 4000,
     "batch_size": 64,
     "learning_rate": 2e-3,
     "latent_noise": 0.5,
@@ -96,13 +96,13 @@ DEMO_OVERRIDES: dict[str, Any] = {
     "diffusion.snr_shift_scale": 3.0,
     "optim.learning_rate": 3e-3,
     "train.batch_size": 16,
-    "train.num_steps": 1250,
+    "train.num_steps": 1500,
     "train.checkpoint_every": 500,
     "train.log_every": 100,
 }
 
 # Classifier-free guidance scale `launch.demo` samples and extends with (1 = off).
-DEMO_GUIDANCE_SCALE = 2.0
+DEMO_GUIDANCE_SCALE = 1.25
 
 
 def set_key(config, dotted: str, value: Any) -> None:

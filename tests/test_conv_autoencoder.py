@@ -181,3 +181,22 @@ def test_train_autoencoder_cli(tmp_path):
     assert ConvAutoencoder.load(out).hidden == 8 and f"wrote {out}" in done.stdout
     again = subprocess.run(command, cwd=root, capture_output=True, text=True)
     assert again.returncode == 2 and "exists; delete it" in again.stderr
+
+
+def test_codec_fidelity_benchmark(codec, tmp_path):
+    import json
+
+    from benchmarks.codec_fidelity import agreement, main, split_scenes
+
+    scripts, scenes = split_scenes(6, held_out=True)
+    assert agreement(scenes, scripts) == {  # the detectors on the renders themselves
+        "shape": 1.0, "colour": 1.0, "motion": 1.0, "background": 1.0
+    }  # fmt: skip
+    _, _, path = codec
+    out = str(tmp_path / "fidelity.json")
+    report = main([path, "--num", "6", "--out", out])
+    assert set(report[path]) == {"train", "held_out"}
+    with open(out) as f:
+        assert json.load(f) == report
+    row = report[path]["held_out"]
+    assert 0 <= row["decoded"]["shape"] <= 1 and row["mse"] > 0
