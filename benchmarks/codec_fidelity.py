@@ -28,8 +28,7 @@ from m2dit_jax.data.synthetic_shapes import (  # noqa: E402
     MOTIONS,
     SHAPES,
     ShapesGeometry,
-    render_scene,
-    sample_script,
+    single_scenes,
 )
 from m2dit_jax.encoders.conv_autoencoder import ConvAutoencoder  # noqa: E402
 from m2dit_jax.eval.shapes_detectors import detect  # noqa: E402
@@ -39,12 +38,7 @@ def split_scenes(num: int, held_out: bool, seed: int = 0):
     """(scripts, (num, F, H, W, 3) uint8 single scenes) of one split, shapes_tiny geometry."""
     rng = np.random.default_rng([seed, int(held_out)])
     geometry = ShapesGeometry(frames=4, height=16, width=16)
-    scripts = [sample_script(rng, 1, 0.1, held_out) for _ in range(num)]
-    scenes = [
-        render_scene(s.shape, s.background, s.colours[0], s.motions[0], geometry, rng)
-        for s in scripts
-    ]
-    return scripts, np.stack(scenes)
+    return single_scenes(rng, num, geometry, 0.1, held_out)
 
 
 def agreement(videos: np.ndarray, scripts) -> dict[str, float]:

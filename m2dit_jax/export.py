@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from m2dit_jax.data.config import FOLD_ENCODERS
 from m2dit_jax.inference import bundle as bundle_lib
 
 
@@ -161,10 +162,7 @@ def export_lora_only(
 
 def encoders_from_data(data: dict[str, Any]) -> tuple[dict, dict]:
     """(encoders, video) sections of a bundle from the training data config."""
-    if data.get("text_encoder") != "hashed" or data.get("video_encoder") not in (
-        "space_to_depth",
-        "conv",
-    ):
+    if data.get("text_encoder") != "hashed" or data.get("video_encoder") not in FOLD_ENCODERS:
         raise ValueError(
             "launch.export bundles pixel-space runs (data.text_encoder='hashed', "
             "data.video_encoder='space_to_depth' or 'conv'); this run has text_encoder="

@@ -250,18 +250,29 @@ def render_script(
     return script.captions(), np.concatenate(scenes, axis=0)
 
 
+def single_scenes(
+    rng: np.random.Generator,
+    count: int,
+    geometry: ShapesGeometry,
+    holdout_fraction: float,
+    held_out: bool = False,
+) -> tuple[list[Script], np.ndarray]:
+    """``count`` 1-scene scripts of one split and their renders (count, F, H, W, 3) uint8."""
+    scripts = [sample_script(rng, 1, holdout_fraction, held_out) for _ in range(count)]
+    scenes = [
+        render_scene(s.shape, s.background, s.colours[0], s.motions[0], geometry, rng)
+        for s in scripts
+    ]
+    return scripts, np.stack(scenes)
+
+
 def training_scenes(
     rng: np.random.Generator, count: int, geometry: ShapesGeometry, holdout_fraction: float
 ) -> np.ndarray:
     """``count`` single scenes of training-split scripts -> (count, F, H, W, 3) uint8 (e.g. to
     train an autoencoder on the same distribution as the diffusion model, never on held-out
     scripts)."""
-    return np.stack(
-        [
-            render_scene(s.shape, s.background, s.colours[0], s.motions[0], geometry, rng)
-            for s in (sample_script(rng, 1, holdout_fraction, False) for _ in range(count))
-        ]
-    )
+    return single_scenes(rng, count, geometry, holdout_fraction)[1]
 
 
 def script_from_captions(captions: Sequence[str]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from typing import Any
 
 import ml_collections
 
+from m2dit_jax.data.config import FOLD_ENCODERS
 from m2dit_jax.diffusion.objective import check_loss_weighting, check_timestep_sampling
 from m2dit_jax.layout import SceneLayout
 from m2dit_jax.sharding import MESH_AXES, parse_logical_rules
@@ -344,7 +345,7 @@ def _data_model_agreement(config: Any) -> list[str]:
         if int(d.text_dim) != int(m.text_dim):
             errors.append(f"data.text_dim={d.text_dim} != model.text_dim={m.text_dim}")
     encoder = d.get("video_encoder", "none")
-    if encoder in ("space_to_depth", "conv"):
+    if encoder in FOLD_ENCODERS:
         pt, ps = int(d.patch_t), int(d.patch_s)
         channels = 3 * pt * ps * ps
         what = f"data.patch_t={pt}, data.patch_s={ps} give"
