@@ -4,6 +4,7 @@
     python benchmarks/train.py --configs medium --steps 20 --dtype bfloat16
     python benchmarks/train.py --configs 2b --tokens_scale 0.25   # accelerators: the 2B model
     python benchmarks/train.py --configs tiny --loop_steps 60     # + the train loop's overhead
+    python benchmarks/train.py --configs demo1,demo2 --autoencoder runs/demo/autoencoder.npz
 
 Times the compiled train step alone (random device-resident batches, so the data pipeline is
 excluded; the full loop's step time is in metrics.jsonl of any run). MFU = model FLOPs
@@ -23,6 +24,9 @@ import time
 
 import jax
 import numpy as np
+
+
+AUTOENCODER = [""]  # --autoencoder: the codec file the demo configs read
 
 
 def bench_config(name: str, dtype: str, tokens_scale: float):
@@ -46,6 +50,13 @@ def bench_config(name: str, dtype: str, tokens_scale: float):
             )
         )
         config.train.batch_size = 8
+    elif name in ("demo1", "demo2"):  # make demo's stage 1 / stage 2 (codec latents)
+        from configs import demo
+
+        if not AUTOENCODER[0]:
+            raise SystemExit(f"--configs {name} reads the demo's codec: pass --autoencoder PATH")
+        make = demo.get_pretrain_config if name == "demo1" else demo.get_config
+        config = make({"data.autoencoder": AUTOENCODER[0]})
     elif name in ("2b", "5b"):
         config = release_config(f"cogvideox_{name}", stage=1, name=f"mask2dit_{name}")
         config.data.path = "unused"
@@ -53,8 +64,10 @@ def bench_config(name: str, dtype: str, tokens_scale: float):
         config.model.sample_frames = frames
         config.train.batch_size = jax.device_count()
     else:
-        raise ValueError(f"unknown benchmark config {name!r}: tiny | medium | 2b | 5b")
-    config.model.dtype = dtype if name in ("tiny", "medium") else config.model.dtype
+        raise ValueError(
+            f"unknown benchmark config {name!r}: tiny | medium | demo1 | demo2 | 2b | 5b"
+        )
+    config.model.dtype = dtype if name in ("tiny", "medium", "demo1", "demo2") else config.model.dtype
     config.mesh.update(dict(data=1, fsdp=-1, context=1, tensor=1, num_devices=0))
     return config
 
@@ -164,9 +177,13 @@ def main() -> None:
         default=1.0,
         help="2b/5b: fraction of the 13 latent frames per scene",
     )
+    parser.add_argument(
+        "--autoencoder", default="", help="demo1/demo2: the codec (runs/demo/autoencoder.npz)"
+    )
     parser.add_argument("--loop_steps", type=int, default=0, help="also time the train loop")
     parser.add_argument("--repeats", type=int, default=3, help="bare-step / loop pairs")
     args = parser.parse_args()
+    AUTOENCODER[0] = args.autoencoder
     jax.config.update("jax_default_matmul_precision", "default")
     rows = [run(n, args.steps, args.dtype, args.tokens_scale) for n in args.configs.split(",")]
     if args.loop_steps:

@@ -7,8 +7,8 @@ Stage 1 (``get_pretrain_config``, ``PRETRAIN_OVERRIDES``) pretrains the model on
 clips, the analogue of the CogVideoX checkpoint Mask²DiT starts from; stage 2 (``get_config``,
 ``DEMO_OVERRIDES``) fine-tunes it on 3-scene clips with mask 1 and mask 2, as the paper does.
 
-Command (2-core CPU, ~12-20 minutes end to end by machine: three stages, export, sample,
-score; 19 min 41 s on the 2026-12-07 VM)::
+Command (2-core CPU, ~15 minutes end to end: three stages, export, sample, score; 14 min 35 s
+on the 2026-12-07 VM)::
 
     python -m launch.demo --workdir runs/demo            # what `make demo` runs
 
@@ -33,17 +33,19 @@ from configs import shapes_tiny
 
 # Stage 0: the learned pixel codec (``train_conv_autoencoder`` keyword arguments). The decoder
 # is trained on latents with noise up to ``latent_noise`` added, so that a DiT sample near the
-# right code decodes to a clean square / circle / plus (README "what was tried"). 4,000 steps:
-# the codec alone keeps the shape of 66% of held-out scenes (2,000 steps: 45%), which bounds
-# the demo's shape score (benchmarks/codec_fidelity.py).
+# right code decodes to a clean square / circle / plus (README "what was tried"). Hidden 64
+# (half the time per step of 96) on 16,384 clips at lr 3e-3: the codec alone keeps the shape of
+# 83% / 65% of training-split / held-out scenes at 4,000 steps (hidden 96 on 4,096 clips:
+# 93% / 66% in twice the time; benchmarks/codec_fidelity.py); 3,500 steps fit the demo in 15
+# minutes.
 AUTOENCODER: dict[str, Any] = {
     "channels": 16,
-    "hidden": 96,
-    "steps": 4000,
+    "hidden": 64,
+    "steps": 3500,
     "batch_size": 64,
-    "learning_rate": 2e-3,
+    "learning_rate": 3e-3,
     "latent_noise": 0.5,
-    "num_clips": 4096,
+    "num_clips": 16384,
 }
 
 # Both stages read the codec's latents: the fold's 8x8 grid halved to 4x4, 16 channels, one
@@ -72,20 +74,25 @@ PLAIN_FOLD_OVERRIDES: dict[str, Any] = {
 # Stage 1: one scene per clip (40 tokens instead of 120, so ~3x the optimizer steps per
 # second), no mask 2. Learning motion needs many optimizer steps, and a single scene learns
 # it far faster per step than three (README "Making motion and shape visible: what was tried").
+# On the codec the motion word is learned by step 2,000; the shape keeps improving with steps
+# (single-scene samples of one 6,000-step run: shape 53 / 66 / 79% at steps 2,000 / 4,000 /
+# 6,000), so 5,000 steps is what the 15-minute budget buys.
 PRETRAIN_OVERRIDES: dict[str, Any] = {
     "name": "shapes_tiny_pretrain",
     "data.num_scenes": 1,
     "diffusion.p_cond": 0.0,
     "optim.learning_rate": 3e-3,
     "train.batch_size": 16,
-    "train.num_steps": 6000,
+    "train.num_steps": 5000,
     "train.checkpoint_every": 2000,
     "train.log_every": 100,
 }
 
 # Stage 2: p_cond = 0.25 so that a quarter of the samples train mask-2 scene extension (the
-# target is the last scene) — without it `extend` would be untrained. ``init_from`` (stage 1's
-# workdir) is set by launch/demo.py or on the command line.
+# target is the last scene) — without it `extend` would be untrained. 1,000 steps to fit 15
+# minutes: 1,500 cost ~125 s more and, on the earlier 2,000-step codec, gave a few points more
+# shape and background (README "what was tried"). ``init_from`` (stage 1's workdir) is set by
+# launch/demo.py or on the command line.
 #
 # Caption dropout (each scene's caption zeroed with p = 0.1) trains the empty caption that
 # classifier-free guidance (DEMO_GUIDANCE_SCALE) guides against; SNR shift 3 (CogVideoX-2B's)
@@ -99,7 +106,7 @@ DEMO_OVERRIDES: dict[str, Any] = {
     "diffusion.snr_shift_scale": 3.0,
     "optim.learning_rate": 3e-3,
     "train.batch_size": 16,
-    "train.num_steps": 1500,
+    "train.num_steps": 1000,
     "train.checkpoint_every": 500,
     "train.log_every": 100,
 }

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 
+import jax
 import numpy as np
 import pytest
 
 from m2dit_jax.data import default_data_config, make_dataset, synthetic_shapes
 from m2dit_jax.data.config import validate_data_config
+from m2dit_jax.data.pipeline import EncodeStage
 from m2dit_jax.encoders.conv_autoencoder import (
     TARGET_RMS,
     ConvAutoencoder,
@@ -96,6 +98,15 @@ def test_data_pipeline_encodes_each_scene_with_the_codec(codec):
     expected = ae.encode(scenes).reshape(2, 4, 4, 4, 4)
     np.testing.assert_allclose(batch["latents"], expected, atol=1e-5)
     np.testing.assert_array_equal(batch["scene_frames"], [[2, 2], [2, 2]])
+    # Without grain workers the latents are the jax.Array still computing (the train loop
+    # places it without waiting); a grain worker returns numpy, as every other encoder does.
+    assert isinstance(batch["latents"], jax.Array)
+    config = _data_config(path)
+    config.num_workers = 1
+    raw = {k: batch[k] for k in ("video", "captions")}
+    out = EncodeStage(config)({**raw, "scene_frames": batch["video_scene_frames"]})
+    assert isinstance(out["latents"], np.ndarray)
+    np.testing.assert_allclose(out["latents"], expected, atol=1e-5)
 
 
 def test_config_checks_need_the_codec_file_and_its_channels(codec, tmp_path):

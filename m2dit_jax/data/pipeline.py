@@ -121,11 +121,13 @@ def _batch_layout(scene_frames: np.ndarray, frames_axis: int) -> tuple[int, ...]
 
 
 class EncodeStage:
-    """Optional numpy encoders run inside the grain map (picklable, lazily built per worker).
+    """Optional encoders run inside the grain map (picklable, lazily built per worker).
 
     The video encoder encodes each scene on its own (scenes of their own lengths are split by
     ``scene_frames``) and turns ``scene_frames`` into latent frames (pixel / patch_t), keeping
-    the pixel counts as ``video_scene_frames``.
+    the pixel counts as ``video_scene_frames``. Outputs are numpy, except the conv codec's
+    latents of equal-length scenes when no grain workers run (``num_workers=0``): those are
+    the jax.Array still being computed, so the train loop never waits on the encode.
     """
 
     def __init__(self, config):
@@ -135,6 +137,8 @@ class EncodeStage:
         self.video = (config.video_encoder, int(config.patch_t), int(config.patch_s))
         self.detail_scale = float(config.get("detail_scale", 1.0))
         self.autoencoder = str(config.get("autoencoder", ""))
+        # Batches made in this process (no grain workers) may carry device arrays.
+        self.in_process = int(config.get("num_workers", 0)) == 0
         self._text_encoder = None
         self._video_encoder = None
 
@@ -162,7 +166,11 @@ class EncodeStage:
             if len(set(layout)) == 1:  # len(layout): S scenes, or P * S when packed
                 n = len(layout)
                 scenes = video.reshape(b * n, sf // n, *video.shape[2:])
-                lat = self._video_encoder.encode(scenes)
+                if self.video[0] == "conv" and self.in_process:
+                    # jitted: left in flight (a jax.Array) so that the loop does not wait on it
+                    lat = self._video_encoder.encode(scenes, block=False)
+                else:
+                    lat = self._video_encoder.encode(scenes)
                 batch["latents"] = lat.reshape(b, -1, *lat.shape[2:])
             else:  # ragged: encode each scene alone, concatenate along the frame axis
                 starts = np.cumsum((0,) + layout)

@@ -123,12 +123,18 @@ class ConvAutoencoder:
             )
         return f, h // 2, w // 2, self.channels
 
-    def encode(self, video) -> np.ndarray:
-        """(B, F, H, W, 3) uint8 -> (B, F/patch_t, H/(2 patch_s), W/(2 patch_s), C) float32."""
+    def encode(self, video, *, block: bool = True) -> np.ndarray | jax.Array:
+        """(B, F, H, W, 3) uint8 -> (B, F/patch_t, H/(2 patch_s), W/(2 patch_s), C) float32.
+
+        ``block=False`` returns the jax.Array still being computed instead of waiting for it:
+        the train loop's data stage (in-process) uses it so that reading the next batch never
+        waits for the train step queued on the same device before it.
+        """
         folded = self.fold.encode(video)
         b, f = folded.shape[:2]
         z = self._encode(self.params, jnp.asarray(folded.reshape(b * f, *folded.shape[2:])))
-        return np.asarray(z, np.float32).reshape(b, f, *z.shape[1:])
+        z = z.reshape(b, f, *z.shape[1:])
+        return np.asarray(z, np.float32) if block else z
 
     def to_pixels(self, latents) -> np.ndarray:
         """(B, F', h, w, C) latents -> (B, F, H, W, 3) float32 pixels in [-1, 1] (unclipped)."""

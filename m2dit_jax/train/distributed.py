@@ -104,5 +104,5 @@ def to_global(local_batch: dict[str, np.ndarray], shardings: dict[str, Any]) -> 
         if jax.process_count() == 1:
             out[k] = jax.device_put(v, sharding)
         else:
-            out[k] = jax.make_array_from_process_local_data(sharding, v)
+            out[k] = jax.make_array_from_process_local_data(sharding, np.asarray(v))
     return out

@@ -93,7 +93,11 @@ def _device_batch(batch: dict[str, Any]) -> dict[str, np.ndarray]:
             f"data batches lack {missing} (have {sorted(batch)}): set data.video_encoder / "
             "data.text_encoder or use a latents source"
         )
-    out: dict[str, Any] = {k: np.asarray(batch[k]) for k in DEVICE_KEYS if k in batch}
+    # A jax.Array (the conv codec's latents, still computing) is placed without a host sync.
+    out: dict[str, Any] = {
+        k: v if isinstance(v, jax.Array) else np.asarray(v)
+        for k, v in ((k, batch[k]) for k in DEVICE_KEYS if k in batch)
+    }
     frames = batch_scene_frames(batch)
     if frames is not None:  # host-only: the static layout of this batch's step
         out[SCENE_FRAMES_KEY] = frames
