@@ -26,10 +26,7 @@ import jax
 import numpy as np
 
 
-AUTOENCODER = [""]  # --autoencoder: the codec file the demo configs read
-
-
-def bench_config(name: str, dtype: str, tokens_scale: float):
+def bench_config(name: str, dtype: str, tokens_scale: float, autoencoder: str = ""):
     from configs.release_recipe import release_config
     from configs.shapes_tiny import get_config
 
@@ -53,10 +50,10 @@ def bench_config(name: str, dtype: str, tokens_scale: float):
     elif name in ("demo1", "demo2"):  # make demo's stage 1 / stage 2 (codec latents)
         from configs import demo
 
-        if not AUTOENCODER[0]:
+        if not autoencoder:
             raise SystemExit(f"--configs {name} reads the demo's codec: pass --autoencoder PATH")
         make = demo.get_pretrain_config if name == "demo1" else demo.get_config
-        config = make({"data.autoencoder": AUTOENCODER[0]})
+        config = make({"data.autoencoder": autoencoder})
     elif name in ("2b", "5b"):
         config = release_config(f"cogvideox_{name}", stage=1, name=f"mask2dit_{name}")
         config.data.path = "unused"
@@ -67,12 +64,13 @@ def bench_config(name: str, dtype: str, tokens_scale: float):
         raise ValueError(
             f"unknown benchmark config {name!r}: tiny | medium | demo1 | demo2 | 2b | 5b"
         )
-    config.model.dtype = dtype if name in ("tiny", "medium", "demo1", "demo2") else config.model.dtype
+    if name in ("tiny", "medium", "demo1", "demo2"):
+        config.model.dtype = dtype
     config.mesh.update(dict(data=1, fsdp=-1, context=1, tensor=1, num_devices=0))
     return config
 
 
-def run(name: str, steps: int, dtype: str, tokens_scale: float) -> dict:
+def run(name: str, steps: int, dtype: str, tokens_scale: float, autoencoder: str = "") -> dict:
     from m2dit_jax.model import create_model
     from m2dit_jax.model.flops import train_flops_per_sample
     from m2dit_jax.sharding import make_mesh
@@ -82,7 +80,7 @@ def run(name: str, steps: int, dtype: str, tokens_scale: float) -> dict:
     from m2dit_jax.train.state import count_params, split_model
     from m2dit_jax.train.step import batch_shardings
 
-    config = bench_config(name, dtype, tokens_scale)
+    config = bench_config(name, dtype, tokens_scale, autoencoder)
     mesh = make_mesh(check_config(config, num_devices=jax.device_count()))
     layout = model_layout(config)
     m, b, s = config.model, int(config.train.batch_size), layout.num_scenes
@@ -136,13 +134,15 @@ def run(name: str, steps: int, dtype: str, tokens_scale: float) -> dict:
     }
 
 
-def loop_overhead(name: str, dtype: str, steps: int, compiled_step_s: float) -> dict:
+def loop_overhead(
+    name: str, dtype: str, steps: int, compiled_step_s: float, autoencoder: str = ""
+) -> dict:
     """Runs the real train loop for ``steps`` steps and compares it with the bare step."""
     import tempfile
 
     from m2dit_jax.train import train_and_evaluate
 
-    config = bench_config(name, dtype, 1.0)
+    config = bench_config(name, dtype, 1.0, autoencoder)
     config.train.update(
         dict(
             num_steps=steps,
@@ -183,18 +183,22 @@ def main() -> None:
     parser.add_argument("--loop_steps", type=int, default=0, help="also time the train loop")
     parser.add_argument("--repeats", type=int, default=3, help="bare-step / loop pairs")
     args = parser.parse_args()
-    AUTOENCODER[0] = args.autoencoder
     jax.config.update("jax_default_matmul_precision", "default")
-    rows = [run(n, args.steps, args.dtype, args.tokens_scale) for n in args.configs.split(",")]
+    ae = args.autoencoder
+    rows = [run(n, args.steps, args.dtype, args.tokens_scale, ae) for n in args.configs.split(",")]
     if args.loop_steps:
         # Bare step and loop alternate, so both see the same machine state; the spread of the
         # pairs is reported (a ratio taken under load moves).
         for r in rows:
             pairs = []
             for i in range(args.repeats):
-                bare = r if i == 0 else run(r["config"], args.steps, args.dtype, args.tokens_scale)
+                bare = (
+                    r if i == 0 else run(r["config"], args.steps, args.dtype, args.tokens_scale, ae)
+                )
                 pairs.append(
-                    loop_overhead(r["config"], args.dtype, args.loop_steps, bare["step_ms"] / 1e3)
+                    loop_overhead(
+                        r["config"], args.dtype, args.loop_steps, bare["step_ms"] / 1e3, ae
+                    )
                 )
                 print(json.dumps(pairs[-1]))
             overheads = sorted(p["loop_overhead"] for p in pairs)
