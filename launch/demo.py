@@ -108,9 +108,10 @@ def write_samples(
     return paths
 
 
-# Contact-sheet titles of the ablation comparison rows (m2dit_jax.ablation, mask modes).
+# Contact-sheet titles of the ablation comparison rows (m2dit_jax.ablation, mask modes); plain
+# ASCII: PIL's built-in font has no superscript 2 (it drew a box).
 ABLATION_TITLES = {
-    "mask2dit": "Mask²DiT (mask 1)",
+    "mask2dit": "Mask2DiT (mask 1)",
     "full": "no mask (full attention)",
     "independent": "independent scenes",
 }

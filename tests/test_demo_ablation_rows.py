@@ -58,10 +58,10 @@ def test_rows_per_script_and_spec_mismatch(run_folder):
         bundles, batch_size=len(captions), main_bundle=main_dir, **kwargs
     )
     assert titles == [
-        "script_00: Mask²DiT (mask 1)",
+        "script_00: Mask2DiT (mask 1)",
         "script_00: no mask (full attention)",
         "script_00: independent scenes",
-        "script_01: Mask²DiT (mask 1)",
+        "script_01: Mask2DiT (mask 1)",
         "script_01: no mask (full attention)",
         "script_01: independent scenes",
     ]
