@@ -86,7 +86,7 @@ def _default_dataset_factory(data_config, *, seed, process_index, process_count,
     )
 
 
-def _device_batch(batch: dict[str, Any]) -> dict[str, np.ndarray]:
+def _device_batch(batch: dict[str, Any]) -> dict[str, Any]:
     missing = [k for k in ("latents", "text_embeds") if k not in batch]
     if missing:
         raise ValueError(
@@ -94,10 +94,8 @@ def _device_batch(batch: dict[str, Any]) -> dict[str, np.ndarray]:
             "data.text_encoder or use a latents source"
         )
     # A jax.Array (the conv codec's latents, still computing) is placed without a host sync.
-    out: dict[str, Any] = {
-        k: v if isinstance(v, jax.Array) else np.asarray(v)
-        for k, v in ((k, batch[k]) for k in DEVICE_KEYS if k in batch)
-    }
+    keep = lambda v: v if isinstance(v, jax.Array) else np.asarray(v)
+    out: dict[str, Any] = {k: keep(batch[k]) for k in DEVICE_KEYS if k in batch}
     frames = batch_scene_frames(batch)
     if frames is not None:  # host-only: the static layout of this batch's step
         out[SCENE_FRAMES_KEY] = frames
